@@ -1,7 +1,7 @@
 """Repeated-sampling throughput, side by side in one run: plain `generate(num_return_sequences)`,
 the fast `hf` backend, llama.cpp (llama-cpp-python, when installed) and the fp32 matmul ceiling.
 
-    python bench/sampling.py                      # SmolLM2-135M, 2 GSM8K 8-shot prompts x 32 samples
+    python bench/sampling.py                      # SmolLM2-135M, 8 GSM8K 8-shot prompts x 64 samples
     python bench/sampling.py --threads 1,2 --samples 64 --num-prompts 3
 
 The machine is shared: absolute tokens/s move with other people's jobs, so every method runs in
@@ -26,7 +26,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from harness.data import load_split  # noqa: E402
 from harness.models import load_model  # noqa: E402
-from harness.prompts import fill, load_prompt  # noqa: E402
+from harness.prompts import fill, load_prompt, render  # noqa: E402
 from harness.sampling.base import SampleRequest, SamplingParams, sample_seed  # noqa: E402
 from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
@@ -35,16 +35,19 @@ from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2_135m", help="a conf/model name")
-    ap.add_argument("--num-prompts", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=32, help="samples per prompt for the fast sampler")
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=64, help="samples per prompt for the fast sampler")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--shots", type=int, default=8, help="GSM8K train exemplars in each prompt")
+    ap.add_argument("--prompt", choices=["fewshot", "chat_boxed"], default="fewshot",
+                    help="fewshot: the Monkeys paper's 8-shot prompt; chat_boxed: the default Monkeys run's prompt")
     ap.add_argument("--temperature", type=float, default=0.6)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--batch-size", type=int, default=128, help="fast sampler rows")
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to try")
     ap.add_argument("--plain-samples", type=int, default=16, help="samples per prompt for plain generate")
     ap.add_argument("--plain-batch", type=int, default=16, help="num_return_sequences per generate call")
+    ap.add_argument("--plain-prompts", type=int, default=2, help="prompts for plain generate and llama.cpp (the slow ones)")
     ap.add_argument("--llamacpp-samples", type=int, default=8, help="samples per prompt for llama.cpp")
     ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,profile")
     return ap.parse_args()
@@ -55,6 +58,10 @@ def machine() -> str:
     flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
     avx = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags]
     return f"{cpu}, {os.cpu_count()} cpus ({', '.join(avx) or 'no avx512'}), torch {torch.__version__}"
+
+
+def rate_of(r: dict) -> float:
+    return r["tokens"] / r["wall"]
 
 
 def load() -> float:
@@ -83,9 +90,14 @@ def ceiling_gflops(threads: int, size: int = 2048, reps: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def prompts(n: int, shots: int) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The first `shots` GSM8K train rows as "Question: ...\nAnswer: <raw answer>" exemplars (the Monkeys
-    prompt format, conf/prompt/gsm8k_fewshot.yaml), then each of the first n test questions."""
+def prompts(n: int, shots: int, kind: str = "fewshot", tokenizer=None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """fewshot: the first `shots` GSM8K train rows as "Question: ...\nAnswer: <raw answer>" exemplars (the Monkeys
+    paper's prompt format, conf/prompt/gsm8k_fewshot.yaml), then each of the first n test questions.
+    chat_boxed: the first n test questions in the prompt of the default `python -m replications.monkeys` run."""
+    if kind == "chat_boxed":
+        spec = load_prompt("chat_boxed")
+        test = load_split("gsm8k", "test").problems[:n]
+        return {p.id: render(spec, p, tokenizer) for p in test}, tuple(spec.stop)
     spec = load_prompt("gsm8k_fewshot")
     train = load_split("gsm8k", "train").problems[:shots]
     head = "".join(fill(spec.full_exemplar_template, p.metadata | {"question": p.question}) + spec.separator for p in train)
@@ -203,20 +215,21 @@ def main() -> None:
     threads = [int(x) for x in args.threads.split(",")]
     print(f"# sampling benchmark {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {machine()}\nload average at start: {load():.2f}")
     lm = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
-    texts, stop = prompts(args.num_prompts, args.shots)
+    texts, stop = prompts(args.num_prompts, args.shots, args.prompt, lm.tokenizer)
     plens = [len(lm.tokenizer(t, add_special_tokens=False).input_ids) for t in texts.values()]
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop=stop, seed=0)
     print(f"model: {lm.identity} ({lm.num_parameters / 1e6:.1f} M parameters, {2 * lm.num_parameters / 1e9:.3f} GFLOP/token)")
-    print(f"prompts: {len(texts)} GSM8K test problems, {args.shots}-shot, {min(plens)}-{max(plens)} tokens; "
+    print(f"prompts: {len(texts)} GSM8K test problems, {args.shots if args.prompt == 'fewshot' else 0}-shot {args.prompt}, {min(plens)}-{max(plens)} tokens; "
           f"temperature {params.temperature}, top_p {params.top_p}, max_new_tokens {params.max_new_tokens}, stop {list(stop)}")
 
+    few = dict(list(texts.items())[: args.plain_prompts])
     rows = []
     for th in threads:
         gf = ceiling_gflops(th)
         rows.append(("fp32 matmul ceiling", th, {"rate": gf / (2 * lm.num_parameters / 1e9), "note": f"{gf:.0f} GFLOP/s (2048^2)"}))
     for th in threads:
         if "plain" not in skip:
-            res = run_plain(lm, texts, params, args.plain_samples, args.plain_batch, th)
+            res = run_plain(lm, few, params, args.plain_samples, args.plain_batch, th)
             rows.append((f"plain generate (num_return_sequences={args.plain_batch})", th, res))
             print(f"  plain generate, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
         if "fast" not in skip:
@@ -238,7 +251,7 @@ def main() -> None:
                 if gguf.suffix != ".gguf":
                     print(f"  llama.cpp: model source {gguf} is not a GGUF file; skipped")
                 else:
-                    res = run_llamacpp(lm, texts, params, args.llamacpp_samples, th, gguf)
+                    res = run_llamacpp(lm, few, params, args.llamacpp_samples, th, gguf)
                     rows.append((f"llama.cpp ({gguf.name}, sequential, prefix reuse)", th, res))
                     print(f"  llama.cpp, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
 
@@ -269,6 +282,19 @@ def main() -> None:
               f"{st['sampling']:.1f} + stop checks/refill {st['bookkeeping']:.1f} + other Python {r['wall'] - known:.1f}")
         print(f"  decode forward: {flops / max(st['forward'], 1e-9):.0f} GFLOP/s of 2 x params per token "
               f"(ceiling {ceil[th] * 2 * lm.num_parameters / 1e9:.0f})")
+        # The ceiling above counts 2 x params per token; attention adds 4 x layers x (heads x head_dim) x context
+        # FLOPs per token (scores and weighted values), which an 8-shot prompt of ~1.3k tokens makes ~35% more work.
+        cfg = lm.model.config
+        ctx = st["prompt_tokens"] / len(texts) + r["mean_len"] / 2
+        attn = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) * ctx
+        with_attn = ceil[th] * 2 * lm.num_parameters / (2 * lm.num_parameters + attn)
+        print(f"  with attention over the mean context ({ctx:.0f} tokens: +{100 * attn / (2 * lm.num_parameters):.0f}% FLOPs "
+              f"per token) the ceiling is {with_attn:.0f} tok/s; this run: {100 * rate_of(r) / with_attn:.0f}% of it")
+        if st["full_row_steps"]:
+            full = st["full_row_steps"] / st["full_steps_time"]
+            print(f"  steady state (steps with the batch >= 90% full, {st['full_row_steps']} tokens): {full:.0f} tok/s "
+                  f"= {100 * full / ceil[th]:.0f}% of ceiling; the rest is prefill and the tail of long samples "
+                  f"decoding in a part-empty batch once the queue is empty")
     if "profile" not in skip:
         fast_rows = [r for name, th, r in rows if "stats" in r]
         t_mean = int(fast_rows[0]["mean_len"] / 2) if fast_rows else 60

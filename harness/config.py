@@ -5,8 +5,8 @@ unknown key fails at start-up with one line naming the key, before any model is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -62,6 +62,25 @@ class SamplingConfig:
 class StoreConfig:
     root: str = "results/store"
     shard: str = "main"
+
+
+@dataclass
+class SubsetSamplingConfig:
+    """Monte Carlo size-k subsets for voting / best-of-k where exact enumeration is too large."""
+
+    num_subsets: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class BootstrapConfig:
+    num_resamples: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class PublishedConfig:
+    models: List[str] = field(default_factory=list)  # which published rows a report shows beside ours
 
 
 @dataclass

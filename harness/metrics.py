@@ -203,9 +203,7 @@ def expected_majority_vote(
     An answer's correctness is the mean correctness of the samples giving it (0 or 1 when the grader is
     consistent on equal vote keys).
     """
-    _check_lengths(k, answers=answers, correct=correct)
-    ids, group_correct = _encode(answers, correct)
-    return _vote_value(ids, group_correct, None, int(k), _rng(rng_or_seed), exact_limit, num_subsets)
+    return _expected_vote(answers, None, correct, k, rng_or_seed, exact_limit, num_subsets)
 
 
 def _check_weights(weights: Sequence[float]) -> np.ndarray:
@@ -225,8 +223,17 @@ def expected_weighted_vote(
     num_subsets: int = 1000,
 ) -> float:
     """As expected_majority_vote, each sample voting with its weight (e.g. a reward-model score)."""
-    _check_lengths(k, answers=answers, weights=weights, correct=correct)
-    w = _check_weights(weights)
+    return _expected_vote(answers, weights, correct, k, rng_or_seed, exact_limit, num_subsets)
+
+
+def _expected_vote(answers, weights, correct, k, rng_or_seed, exact_limit, num_subsets) -> float:
+    """Majority vote (weights None: the count-only fast path) or weighted vote, over size-k subsets."""
+    if weights is None:
+        _check_lengths(k, answers=answers, correct=correct)
+        w = None
+    else:
+        _check_lengths(k, answers=answers, weights=weights, correct=correct)
+        w = _check_weights(weights)
     ids, group_correct = _encode(answers, correct)
     return _vote_value(ids, group_correct, w, int(k), _rng(rng_or_seed), exact_limit, num_subsets)
 

@@ -63,6 +63,7 @@ class Experiment:
         self.run.record(f"store:{desc}", {"dir": str(entry.dir), **entry.key.as_dict()})
         prompts = self.prompts(spec, problems)
         samples = draw_samples(entry, self.sampler, prompts, n, params, progress=bool(self.cfg.progress), desc=desc)
+        self.run.record_draw(desc, samples, samples.attrs.get("drawn_now", 0))
         if self.cfg.mode == "sample":
             return samples
         grader = self.cfg.grader

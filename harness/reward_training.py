@@ -34,7 +34,7 @@ class StepLabelConfig:
     max_prefixes: int = 64  # intermediate prefixes rolled out (the CPU budget knob)
     rollouts: int = 3  # new completions per prefix
     include_original: bool = True  # the sampled solution's own continuation counts as one more rollout
-    max_new_tokens: int = 320
+    max_new_tokens: int = 256
     seed: int = 0
 
 

@@ -46,6 +46,7 @@ class Run:
     paper: str
     provenance: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    draws: dict = field(default_factory=dict)  # per sampling step: samples used, drawn now, reused, tokens
 
     def path(self, name: str) -> Path:
         p = self.dir / name
@@ -68,6 +69,13 @@ class Run:
         """Add a provenance fact (data sha256, model source, store entry...)."""
         self.provenance[key] = value
         self.save_json("provenance.json", self.provenance)
+
+    def record_draw(self, name: str, samples: pd.DataFrame, drawn_now: int) -> None:
+        """What a sampling step cost: samples it used, how many were drawn now (the rest came from the store)."""
+        tokens = int(samples["num_tokens"].sum()) if "num_tokens" in samples else None
+        self.draws[name] = {"samples": len(samples), "drawn_now": int(drawn_now),
+                            "reused": len(samples) - int(drawn_now), "generated_tokens": tokens}
+        self.save_json("draws.json", self.draws)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -198,7 +198,9 @@ def draw_samples(
     got = len(df)
     if got != len(prompts) * n:
         raise DataError(f"{entry.dir}: expected {len(prompts) * n} samples after drawing, found {got}")
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["drawn_now"] = todo  # the rest came from the store (reports show both)
+    return df
 
 
 def _read_jsonl_tolerant(path: Path) -> list[dict]:

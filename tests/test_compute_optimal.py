@@ -125,6 +125,10 @@ def test_saturation_claim():
     assert analysis.claim_saturation(curve([0.1, 0.2, 0.3, 0.32, 0.33]), 0.5).status == "holds"
     assert analysis.claim_saturation(curve([0.1, 0.12, 0.14, 0.3, 0.5]), 0.5).status == "fails"
     assert analysis.claim_saturation(curve([0.1] * 5), 0.5).status == "inconclusive"
+    noisy = curve([0.1, 0.12, 0.14, 0.3, 0.5]).assign(ci_low=[0.0, 0.0, 0.0, 0.0, 0.1])
+    assert analysis.claim_saturation(noisy, 0.5).status == "inconclusive"  # the late rise is inside the CI
+    clear = noisy.assign(ci_low=[0.0, 0.0, 0.0, 0.0, 0.45])
+    assert analysis.claim_saturation(clear, 0.5).status == "fails"
 
 
 def _compose(overrides=()):

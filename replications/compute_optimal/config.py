@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from harness.config import validate
+from harness.config import BootstrapConfig, PublishedConfig, SubsetSamplingConfig, check_run_keys, validate
 from harness.errors import ConfigError
 from harness.reward_models import reward_model_config
 from harness.tree_search import METHODS
@@ -17,7 +17,7 @@ SAMPLING_METHODS = ("majority_vote", "rm_weighted_vote", "rm_best_of_n")
 @dataclass
 class GreedySettings:
     enabled: bool = True
-    max_new_tokens: int = 320
+    max_new_tokens: int = 256
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SearchSettings:
     beam_width: int = 2
     max_depth: int = 12
     max_step_tokens: int = 128
-    max_tokens: int = 320
+    max_tokens: int = 256
     answer_pattern: Optional[str] = None
 
 
@@ -41,25 +41,8 @@ class FlopsSettings:
 
 
 @dataclass
-class SelectionSettings:
-    num_subsets: int = 1000
-    seed: int = 0
-
-
-@dataclass
-class BootstrapSettings:
-    num_resamples: int = 2000
-    seed: int = 0
-
-
-@dataclass
 class ClaimSettings:
     saturation_ratio: float = 0.5
-
-
-@dataclass
-class PublishedSettings:
-    models: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,30 +53,16 @@ class ComputeOptimalConfig:
     search: SearchSettings = field(default_factory=SearchSettings)
     flops: FlopsSettings = field(default_factory=FlopsSettings)
     save_reward_model: bool = True
-    selection: SelectionSettings = field(default_factory=SelectionSettings)
-    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    selection: SubsetSamplingConfig = field(default_factory=SubsetSamplingConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     claims: ClaimSettings = field(default_factory=ClaimSettings)
-    published: PublishedSettings = field(default_factory=PublishedSettings)
-
-
-@dataclass
-class RunKeys:
-    """Top-level keys of conf/compute_optimal.yaml besides the config groups."""
-
-    paper: str = "compute_optimal"
-    run_name: str = "run"
-    samples: int = 64
-    mode: str = "full"
-    progress: bool = True
+    published: PublishedConfig = field(default_factory=PublishedConfig)
 
 
 def check_config(cfg: DictConfig) -> ComputeOptimalConfig:
     co = validate(cfg, ComputeOptimalConfig, "compute_optimal")
-    # Read through the full config so interpolations (run_name: ${model.name}-...) resolve.
-    keys = validate(OmegaConf.create({k: cfg[k] for k in RunKeys.__dataclass_fields__ if k in cfg}), RunKeys)
+    keys = check_run_keys(cfg)
     reward_model_config(cfg.reward_model)
-    if keys.samples < 1:
-        raise ConfigError(f"config key 'samples': must be >= 1, got {keys.samples}")
     for m in co.sampling_methods + co.search.aggregations:
         if m not in SAMPLING_METHODS:
             raise ConfigError(f"compute_optimal: method '{m}' is not one of {', '.join(SAMPLING_METHODS)}")

@@ -12,7 +12,7 @@ from harness.pipeline import Experiment
 from harness.plots import curve_plot
 from harness.prompts import PromptSpec
 from harness.published import load_published, side_by_side
-from harness.report import Claim, Report, format_estimate, print_claims
+from harness.report import Claim, Report, format_estimate
 from harness.run import Run
 
 
@@ -54,6 +54,28 @@ def _published(cur: pd.DataFrame, dataset: str, model: str, models: list[str]) -
     side["published_flops_per_question"] = [flops.get(i) for i in side["published_id"]]
     # Our rows without a published counterpart are in the main table already.
     return side[side["published_value"].notna()].reset_index(drop=True)
+
+
+def _side_view(side: pd.DataFrame) -> pd.DataFrame:
+    """The side-by-side table as read: our estimate with its CI and n, then the published cell and its source."""
+    def ours(r) -> str:
+        if pd.isna(r.get("value")):
+            return "not run here"
+        return f"{format_estimate(r['value'], r['ci_low'], r['ci_high'], int(r['n_problems']))}, {r['flops_per_question']:.2g} FLOPs"
+
+    def theirs(r) -> str:
+        fl, n = r.get("published_flops_per_question"), r.get("published_n")
+        return (f"{100 * r['published_value']:.1f}%" + (f" (n={int(n)})" if pd.notna(n) and n else "")
+                + (f", {fl:.2g} FLOPs" if pd.notna(fl) and fl else ""))
+
+    return pd.DataFrame({
+        "strategy": side["strategy"], "selection": side["metric"], "N / width": side["budget_samples"],
+        "this run: " + str(side["model"].dropna().iloc[0] if side["model"].notna().any() else "ours"):
+            [ours(r) for _, r in side.iterrows()],
+        "published model": side["published_model"],
+        "published (accuracy, FLOPs / question)": [theirs(r) for _, r in side.iterrows()],
+        "published source": side["published_source"],
+    })
 
 
 def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per: pd.DataFrame, cur: pd.DataFrame,
@@ -126,18 +148,10 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
         side = pd.DataFrame()
         rep.text(f"Published numbers unavailable: {err}")
     if len(side):
-        cols = [c for c in ["model", "metric", "strategy", "budget_samples", "value", "ci_low", "ci_high",
-                            "n_problems", "flops_per_question", "published_model", "published_value",
-                            "published_flops_per_question", "published_source"] if c in side.columns]
-        rep.table(side[cols], "Published (the paper's models, labelled by model, with source) beside the regenerated "
+        rep.table(_side_view(side), "Published (the paper's models, labelled by model, with source) beside the regenerated "
                               "number at the same strategy and budget (this run, this model; value = accuracy). Empty "
                               "regenerated cells: that budget was not run here.")
         run.save_csv("published_side_by_side.csv", side)
 
-    rep.claims.extend(claims)
-    rep.claims_section()
-    print_claims(claims)
-    rep.heading("Cost of this run")
-    rep.table(pd.DataFrame(list(run.timings.items()), columns=["stage", "wall seconds"]))
-    rep.text(f"Total: {sum(run.timings.values()):.0f} s (stages before the report).")
+    rep.finish(claims, run.timings, run.draws)
     return rep.write(run.path("report.md"))

@@ -51,6 +51,7 @@ def rollout_fn(exp: Experiment, spec: PromptSpec, prompts: Mapping[str, str], pa
     def run(prefixes: Mapping[str, str], n: int) -> dict[str, list[bool]]:
         full = {key: prompts[key.split("#", 1)[0]] + text for key, text in prefixes.items()}
         df = draw_samples(entry, exp.sampler, full, n, params, progress=bool(cfg.progress), desc="PRM rollouts")
+        exp.run.record_draw("PRM rollouts", df, df.attrs.get("drawn_now", 0))
         texts = [prefixes[k] + t for k, t in zip(df["problem_id"], df["text"])]
         refs = [references[k.split("#", 1)[0]] for k in df["problem_id"]]
         with Grader(dataset, method=cfg.grader.method, timeout=cfg.grader.timeout, workers=cfg.grader.workers) as g:

@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 from omegaconf import DictConfig
 
-from harness.config import check_run_keys, validate
+from harness.config import BootstrapConfig, PublishedConfig, SubsetSamplingConfig, check_run_keys, validate
 
 
 @dataclass
@@ -16,16 +16,8 @@ class FitConfig:
 
 
 @dataclass
-class SelectionConfig:
+class SelectionConfig(SubsetSamplingConfig):
     methods: List[str] = field(default_factory=lambda: ["majority_vote"])
-    num_subsets: int = 1000
-    seed: int = 0
-
-
-@dataclass
-class BootstrapConfig:
-    num_resamples: int = 2000
-    seed: int = 0
 
 
 @dataclass
@@ -35,11 +27,6 @@ class GreedyBaselineConfig:
     prompt: str = "gsm8k_cot_8shot"
     limit: Optional[int] = None
     max_new_tokens: int = 256
-
-
-@dataclass
-class PublishedConfig:
-    models: List[str] = field(default_factory=list)
 
 
 @dataclass

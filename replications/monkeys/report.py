@@ -122,5 +122,5 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, res: MonkeysResults, clai
                                  if t["deviations"] else ""))
         run.save_json("greedy_baseline.json", g)
 
-    rep.finish(claims, run.timings)
+    rep.finish(claims, run.timings, run.draws)
     return rep.write(run.path("report.md"))

@@ -119,6 +119,7 @@ class Loop:
         )
         prompts = self.prompts(model, problem_set.problems)
         samples = draw_samples(entry, self.sampler(model), prompts, n, params, progress=bool(self.cfg.progress), desc=desc)
+        self.run.record_draw(desc, samples, samples.attrs.get("drawn_now", 0))
         g = self.cfg.grader
         graded = grade_samples(entry, samples, problem_set.problems, g.method, g.timeout, g.workers)
         info = {"store": str(entry.dir), "model": model.identity, "n": n, "params": params.as_dict(),

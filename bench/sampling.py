@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from harness.data import load_split  # noqa: E402
-from harness.models import load_model  # noqa: E402
-from harness.prompts import fill, load_prompt, render  # noqa: E402
+from harness.data.problems import load_split  # noqa: E402
+from harness.models.loading import load_model  # noqa: E402
+from harness.data.prompts import fill, load_prompt, render  # noqa: E402
 from harness.sampling.base import SampleRequest, SamplingParams, sample_seed  # noqa: E402
 from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402

@@ -1,4 +1,4 @@
-"""harness.data: parsing, subset selection, sharding, errors, and the local data root."""
+"""harness.data.problems: parsing, subset selection, sharding, errors, and the local data root."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import data
-from harness.data import (
+from harness.data import problems as data
+from harness.data.problems import (
     DatasetConfig,
     Problem,
     dataset_config,

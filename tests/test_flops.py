@@ -1,7 +1,7 @@
 """FLOPs accounting on hand-counted token numbers."""
 import pytest
 
-from harness.flops import NodeCost, TokenCount, expected_sampling_tokens, forward_flops, sampling_tokens, tree_tokens
+from harness.selection.flops import NodeCost, TokenCount, expected_sampling_tokens, forward_flops, sampling_tokens, tree_tokens
 
 
 def test_forward_flops_is_two_n_per_token():

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import harness.grading as grading
+import harness.grading.grader as grading
 from harness.errors import ConfigError
-from harness.grading import (
+from harness.grading.grader import (
     METHODS,
     GradeResult,
     Grader,

@@ -3,9 +3,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from harness.data import PROJECT_ROOT, dataset_config, load_problems
+from harness.data.problems import PROJECT_ROOT, dataset_config, load_problems
 from harness.errors import ConfigError
-from harness.lm_eval_baseline import run_lm_eval
+from harness.grading.lm_eval_baseline import run_lm_eval
 
 CONF = PROJECT_ROOT / "conf" / "model"
 
@@ -24,7 +24,7 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from harness.models import load_model
+    from harness.models.loading import load_model
 
     return load_model(OmegaConf.load(CONF / "tiny_random.yaml"))
 
@@ -86,7 +86,7 @@ def test_minerva_exact_match_compares_with_sympy():
     """lm-eval's minerva grader runs under our antlr4 4.9.3: equal values in different LaTeX match."""
     from lm_eval.tasks import TaskManager
 
-    from harness.lm_eval_baseline import _leaf_configs
+    from harness.grading.lm_eval_baseline import _leaf_configs
 
     (cfg,), _ = _leaf_configs(TaskManager(), "minerva_math500")
     doc = {"problem": "p", "solution": "So $x=\\boxed{\\frac{1}{2}}$.", "answer": "\\frac{1}{2}"}
@@ -110,7 +110,7 @@ def test_bad_subsets_are_config_errors(tiny):
 
 @pytest.mark.slow
 def test_smollm2_gsm8k_cot_two_problems(gsm8k):
-    from harness.models import load_model
+    from harness.models.loading import load_model
 
     model = load_model(OmegaConf.load(CONF / "smollm2_135m.yaml"))
     result = run_lm_eval(model, "gsm8k_cot", None, limit=2, batch_size=2, max_gen_toks=64)

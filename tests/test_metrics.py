@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.metrics import (
+from harness.selection.metrics import (
     bootstrap_ci,
     coverage_curve,
     expected_best_of_k,

@@ -118,10 +118,10 @@ class LengthRewardModel:
 def test_reward_model_scores_are_cached_and_drive_rm_selection(tmp_path):
     from omegaconf import OmegaConf
 
-    from harness.data import Problem
-    from harness.evaluation import reward_scores
+    from harness.data.problems import Problem
+    from harness.grading.graded import reward_scores
     from harness.sampling.base import SamplingParams
-    from harness.store import SampleStore
+    from harness.store.samples import SampleStore
     from replications.monkeys.analysis import analyse
 
     entry = SampleStore(tmp_path).entry("m@x", "sha", "p", "fp", SamplingParams())

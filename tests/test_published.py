@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from harness.errors import DataError
-from harness.published import DEFAULT_ROOT, load_all, load_published, side_by_side
+from harness.reporting.published import DEFAULT_ROOT, load_all, load_published, side_by_side
 
 PAPERS = ["monkeys", "compute_optimal", "rest", "self_rewarding", "r3", "easy_to_hard"]
 FIXTURE = Path(__file__).parent / "fixtures" / "published" / "valid.yaml"

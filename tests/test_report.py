@@ -4,8 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from harness.plots import curve_plot
-from harness.report import Claim, Report, format_estimate, markdown_table
+from harness.reporting.plots import curve_plot
+from harness.reporting.report import Claim, Report, format_estimate, markdown_table
 
 
 def test_format_estimate_carries_ci_and_n():

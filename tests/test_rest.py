@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from harness.cli import CONF_DIR
-from harness.data import Problem
+from harness.data.problems import Problem
 from harness.errors import ConfigError
 from replications.rest import improve
 from replications.rest.config import rest_settings
@@ -151,7 +151,7 @@ TINY_RUN = [
 @pytest.mark.slow
 def test_interrupted_run_resumes_at_the_stage_where_it_stopped(tmp_path, monkeypatch):
     import harness.sampling.factory as factory
-    from harness.run import start_run
+    from harness.reporting.run import start_run
     from replications.rest import loop, report
 
     drawn, trained = [], []

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness.data import PROJECT_ROOT
+from harness.data.problems import PROJECT_ROOT
 from harness.errors import ConfigError
-from harness.reward_models import (
+from harness.reward.models import (
     CausalLMPRM,
     EmbeddedHeadRM,
     SequenceClassifierORM,
@@ -17,7 +17,7 @@ from harness.reward_models import (
     reward_model_config,
     split_steps,
 )
-from harness.reward_training import (
+from harness.reward.training import (
     StepLabelConfig,
     TrainingConfig,
     choose_prefixes,
@@ -54,7 +54,7 @@ def test_every_reward_model_config_validates():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from harness.models import load_model
+    from harness.models.loading import load_model
 
     return load_model(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "tiny_random.yaml"))
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
-from harness.models import LoadedModel, load_model
+from harness.models.loading import LoadedModel, load_model
 from harness.sampling import fast as fast_module
 from harness.sampling.base import SampleRequest, SamplingParams
 from harness.sampling.factory import make_sampler

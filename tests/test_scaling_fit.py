@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.scaling_fit import fit_exponentiated_power_law, predict
+from harness.selection.scaling_fit import fit_exponentiated_power_law, predict
 
 KS = np.unique(np.round(np.logspace(0, 4, 40)).astype(int))  # the paper's 40 log-spaced k up to 10,000
 

@@ -5,7 +5,7 @@ import pytest
 
 from harness.errors import DataError
 from harness.sampling.base import Completion, SamplingParams, sample_seed
-from harness.store import SampleStore, draw_samples
+from harness.store.samples import SampleStore, draw_samples
 
 
 class CountingSampler:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from harness.cli import CONF_DIR
 from harness.errors import ConfigError, DataError
-from harness.models import load_model
+from harness.models.loading import load_model
 from harness.training import (
     TrainingData,
     export_model_config,

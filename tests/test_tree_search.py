@@ -2,9 +2,9 @@
 import pytest
 
 from harness.errors import ConfigError
-from harness.reward_models import RewardModel, RewardModelConfig, ScoredSolution
+from harness.reward.models import RewardModel, RewardModelConfig, ScoredSolution
 from harness.sampling.base import Completion, SamplingParams
-from harness.tree_search import (
+from harness.selection.tree_search import (
     SearchConfig,
     SearchProblem,
     StepGenerator,
@@ -136,7 +136,7 @@ def test_step_texts_are_joined_with_the_separator_and_depth_is_bounded():
 
 
 def test_generator_reuses_the_store(tmp_path):
-    from harness.store import SampleStore
+    from harness.store.samples import SampleStore
 
     script = {"r": [("good end", "eos")] * 4}
     store = SampleStore(tmp_path)

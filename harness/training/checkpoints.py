@@ -4,7 +4,7 @@ Layout of `<dir>` (written under `<dir>.partial` and renamed when complete, so a
 is a finished checkpoint and a killed save leaves only a `.partial` to be redone):
     config.json, model.safetensors, tokenizer files   the weights (LoRA adapters merged in)
     training.json                                     training config, data provenance, metrics, weights sha256
-    model.yaml                                        a conf/model config for harness.models.load_model
+    model.yaml                                        a conf/model config for harness.models.loading.load_model
 
 The model name in model.yaml carries a hash of the weights, so the sample store (keyed by
 `name@path`) never serves samples of an older checkpoint that was written to the same path.
@@ -39,7 +39,7 @@ class Checkpoint:
 
     def load(self):
         """The checkpoint as a harness LoadedModel (its identity differs from the base model's)."""
-        from harness.models import load_model
+        from harness.models.loading import load_model
 
         return load_model(self.model_config)
 
@@ -107,7 +107,7 @@ def save_checkpoint(
         "num_parameters": int(sum(p.numel() for p in plain.parameters())),
     }
     (partial / MODEL_CONFIG).write_text(
-        "# Written by harness.training.checkpoints: load with harness.models.load_model(OmegaConf.load(this file)).\n"
+        "# Written by harness.training.checkpoints: load with harness.models.loading.load_model(OmegaConf.load(this file)).\n"
         + OmegaConf.to_yaml(OmegaConf.create(model_cfg))
     )
     record = {"name": full_name, "weights_sha256": digest, **dict(meta)}

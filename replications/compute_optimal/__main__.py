@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 
 from harness.cli import hydra_entry
 from harness.config import sampling_params
-from harness.grading import Grader, normalize_for_vote
-from harness.pipeline import prompt_from_cfg, setup_experiment
-from harness.run import start_run
+from harness.grading.grader import Grader, normalize_for_vote
+from harness.pipeline.experiment import prompt_from_cfg, setup_experiment
+from harness.reporting.run import start_run
 from harness.sampling.base import SamplingParams
-from harness.store import fingerprint
-from harness.tree_search import SearchConfig, SearchProblem, StepGenerator, run_search, step_params
+from harness.store.samples import fingerprint
+from harness.selection.tree_search import SearchConfig, SearchProblem, StepGenerator, run_search, step_params
 from replications.compute_optimal import analysis, report, reward
 from replications.compute_optimal.config import budgets, check_config
 
@@ -135,13 +135,13 @@ def compute_optimal(cfg: DictConfig) -> None:
 
 
 def rrm_separator(cfg: DictConfig) -> str:
-    from harness.reward_models import reward_model_config
+    from harness.reward.models import reward_model_config
 
     return reward_model_config(cfg.reward_model).step_separator
 
 
 def rrm_aggregation(cfg: DictConfig) -> str:
-    from harness.reward_models import reward_model_config
+    from harness.reward.models import reward_model_config
 
     return reward_model_config(cfg.reward_model).aggregation
 

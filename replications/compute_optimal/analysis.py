@@ -10,9 +10,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from harness.flops import TokenCount, expected_sampling_tokens
-from harness.metrics import bootstrap_ci, expected_best_of_k, expected_majority_vote, expected_weighted_vote
-from harness.report import Claim
+from harness.selection.flops import TokenCount, expected_sampling_tokens
+from harness.selection.metrics import bootstrap_ci, expected_best_of_k, expected_majority_vote, expected_weighted_vote
+from harness.reporting.report import Claim
 
 LABELS = {"majority_vote": "majority vote", "rm_weighted_vote": "weighted vote", "rm_best_of_n": "best-of-N",
           "accuracy": "greedy"}
@@ -27,7 +27,7 @@ def curve_label(strategy: str, metric: str) -> str:
 
 def select_value(metric: str, answers: Sequence, correct: Sequence[bool], scores: Sequence[float], k: int,
                  rng_seed, num_subsets: int) -> float:
-    """Expected correctness of `metric` over size-k subsets of one problem's samples (harness.metrics)."""
+    """Expected correctness of `metric` over size-k subsets of one problem's samples (harness.selection.metrics)."""
     if k < 1 or len(correct) == 0:
         return 0.0
     if metric == "majority_vote":
@@ -76,7 +76,7 @@ def greedy_values(greedy: pd.DataFrame, policy_params: float) -> pd.DataFrame:
 def search_values(method: str, width: int, results, graded_leaves: dict[str, pd.DataFrame], aggregations: Sequence[str],
                   aggregation: str, policy_params: float, rm_params: float, prefix_reuse: bool) -> pd.DataFrame:
     """Per problem: each aggregation over all of the tree's finished solutions, and the tree's FLOPs."""
-    from harness.reward_models import aggregate
+    from harness.reward.models import aggregate
 
     rows = []
     for res in results:

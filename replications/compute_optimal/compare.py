@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from harness.errors import DataError
-from harness.plots import curve_plot
+from harness.reporting.plots import curve_plot
 
 
 def load_runs(dirs: list[Path], curves: list[str]) -> pd.DataFrame:

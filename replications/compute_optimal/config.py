@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 
 from harness.config import BootstrapConfig, PublishedConfig, SubsetSamplingConfig, check_run_keys, validate
 from harness.errors import ConfigError
-from harness.reward_models import reward_model_config
-from harness.tree_search import METHODS
+from harness.reward.models import reward_model_config
+from harness.selection.tree_search import METHODS
 
 SAMPLING_METHODS = ("majority_vote", "rm_weighted_vote", "rm_best_of_n")
 

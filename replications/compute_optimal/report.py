@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from harness.pipeline import Experiment
-from harness.plots import curve_plot
-from harness.prompts import PromptSpec
-from harness.published import load_published, side_by_side
-from harness.report import Claim, Report, format_estimate
-from harness.run import Run
+from harness.pipeline.experiment import Experiment
+from harness.reporting.plots import curve_plot
+from harness.data.prompts import PromptSpec
+from harness.reporting.published import load_published, side_by_side
+from harness.reporting.report import Claim, Report, format_estimate
+from harness.reporting.run import Run
 
 
 def _fmt_flops(x: float) -> str:
@@ -91,7 +91,7 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
         f"samples per problem at temperature {cfg.sampling.temperature}, top_p {cfg.sampling.top_p}, max "
         f"{cfg.sampling.max_new_tokens} new tokens, seed {cfg.sampling.seed}; grader `{cfg.grader.method}`. "
         f"Reward model `{rrm.name}` ({rrm.info.get('how')}; {rm_params / 1e6:.1f} M FLOPs-parameters). "
-        f"Voting and best-of-N at N are expectations over size-N subsets of the pool (harness.metrics). "
+        f"Voting and best-of-N at N are expectations over size-N subsets of the pool (harness.selection.metrics). "
         f"Every accuracy is a mean over problems with a bootstrap 95% CI and its n."
     )
     rep.text(
@@ -129,7 +129,7 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
         rep.table(pd.DataFrame([{"what": k, "value": str(v)} for k, v in labels.items()]), "Training data")
         if info.get("saved_to"):
             rep.text(f"Saved (head, config, provenance) to `{Path(info['saved_to']).name}/`; reload with "
-                     f"`harness.reward_models.EmbeddedHeadRM.load(path)` or `reward_model.path=<that folder>`.")
+                     f"`harness.reward.models.EmbeddedHeadRM.load(path)` or `reward_model.path=<that folder>`.")
         run.save_json("reward_model_metrics.json", info)
         if rrm.heldout is not None:
             run.save_csv("reward_model_heldout.csv", rrm.heldout)

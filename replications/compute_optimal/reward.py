@@ -8,11 +8,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness.errors import ConfigError
-from harness.grading import Grader
-from harness.pipeline import Experiment
-from harness.prompts import PromptSpec, prompt_fingerprint
-from harness.reward_models import RewardModel, TruncatedBackbone, load_reward_model, reward_model_config
-from harness.reward_training import (
+from harness.grading.grader import Grader
+from harness.pipeline.experiment import Experiment
+from harness.data.prompts import PromptSpec, prompt_fingerprint
+from harness.reward.models import RewardModel, TruncatedBackbone, load_reward_model, reward_model_config
+from harness.reward.training import (
     choose_prefixes,
     labelled_solutions,
     math_shepherd_labels,
@@ -21,7 +21,7 @@ from harness.reward_training import (
     training_config,
 )
 from harness.sampling.base import SamplingParams
-from harness.store import draw_samples, fingerprint
+from harness.store.samples import draw_samples, fingerprint
 
 
 @dataclass

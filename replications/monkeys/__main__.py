@@ -12,8 +12,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from harness.cli import hydra_entry
-from harness.pipeline import prompt_from_cfg, setup_experiment
-from harness.run import start_run
+from harness.pipeline.experiment import prompt_from_cfg, setup_experiment
+from harness.reporting.run import start_run
 from replications.monkeys import analysis, report
 from replications.monkeys.config import check_config
 

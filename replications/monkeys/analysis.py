@@ -9,11 +9,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness.config import sampling_params
-from harness.evaluation import per_problem
-from harness.metrics import coverage_curve, pass_at_k, selection_curve
-from harness.pipeline import Experiment, prompt_from_cfg
-from harness.report import Claim
-from harness.scaling_fit import FitResult, fit_exponentiated_power_law, predict
+from harness.grading.graded import per_problem
+from harness.selection.metrics import coverage_curve, pass_at_k, selection_curve
+from harness.pipeline.experiment import Experiment, prompt_from_cfg
+from harness.reporting.report import Claim
+from harness.selection.scaling_fit import FitResult, fit_exponentiated_power_law, predict
 
 
 @dataclass
@@ -48,8 +48,8 @@ RM_METHODS = ("rm_best_of_k", "rm_weighted_vote")
 
 def score_with_reward_model(exp: Experiment, spec, graded: pd.DataFrame, cfg: DictConfig) -> pd.DataFrame:
     """Add each sample's reward-model score (conf/reward_model/<name> or a node) as a `scores` column."""
-    from harness.evaluation import reward_scores
-    from harness.reward_models import load_reward_model
+    from harness.grading.graded import reward_scores
+    from harness.reward.models import load_reward_model
 
     rm = load_reward_model(cfg.monkeys.reward_model)
     entry = exp.entry(spec, sampling_params(cfg, tuple(spec.stop)))
@@ -92,9 +92,9 @@ def greedy_baselines(exp: Experiment, cfg: DictConfig) -> dict[str, Any]:
     gb = cfg.monkeys.greedy_baseline
     if not gb.enabled:
         return {}
-    from harness.data import resolve_data_root
-    from harness.lm_eval_baseline import run_lm_eval
-    from harness.metrics import bootstrap_ci
+    from harness.data.problems import resolve_data_root
+    from harness.grading.lm_eval_baseline import run_lm_eval
+    from harness.selection.metrics import bootstrap_ci
 
     problems = exp.problems.problems[: gb.limit] if gb.limit else exp.problems.problems
     spec = prompt_from_cfg(gb.prompt)

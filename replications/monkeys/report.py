@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from harness.pipeline import Experiment
-from harness.plots import curve_plot
-from harness.prompts import PromptSpec
-from harness.published import load_published, side_by_side
-from harness.report import Claim, Report, format_estimate
-from harness.run import Run
+from harness.pipeline.experiment import Experiment
+from harness.reporting.plots import curve_plot
+from harness.data.prompts import PromptSpec
+from harness.reporting.published import load_published, side_by_side
+from harness.reporting.report import Claim, Report, format_estimate
+from harness.reporting.run import Run
 from replications.monkeys.analysis import MonkeysResults, fitted_curve
 
 METRIC_LABELS = {"majority_vote": "majority vote", "rm_best_of_k": "reward model best-of-k",

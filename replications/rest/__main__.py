@@ -16,7 +16,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from harness.cli import hydra_entry
-from harness.run import start_run
+from harness.reporting.run import start_run
 from replications.rest import loop, report
 
 

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.metrics import bootstrap_ci, expected_majority_vote, pass_at_k
-from harness.report import Claim, format_estimate
+from harness.selection.metrics import bootstrap_ci, expected_majority_vote, pass_at_k
+from harness.reporting.report import Claim, format_estimate
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.evaluation import per_problem
+from harness.grading.graded import per_problem
 
 
 def per_problem_correct(graded: pd.DataFrame) -> dict[str, int]:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from harness.data import Problem
+from harness.data.problems import Problem
 from harness.errors import ConfigError
 from harness.training import TrainingData, completion_records, reference_records
 

@@ -25,14 +25,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ModelConfig, SamplingConfig, StoreConfig, validate
-from harness.data import Problem, ProblemSet, load_problems
+from harness.data.problems import Problem, ProblemSet, load_problems
 from harness.errors import ConfigError, HarnessError
-from harness.evaluation import grade_samples
-from harness.models import LoadedModel, load_model
-from harness.prompts import PromptSpec, load_prompt, prompt_fingerprint, render
-from harness.run import Run
+from harness.grading.graded import grade_samples
+from harness.models.loading import LoadedModel, load_model
+from harness.data.prompts import PromptSpec, load_prompt, prompt_fingerprint, render
+from harness.reporting.run import Run
 from harness.sampling.base import SamplingParams
-from harness.store import SampleStore, draw_samples, fingerprint
+from harness.store.samples import SampleStore, draw_samples, fingerprint
 from harness.training import export_model_config, load_checkpoint, save_checkpoint, train_sft, training_config
 from replications.rest import evaluate, improve
 from replications.rest.config import RestSettings, rest_settings

@@ -10,11 +10,11 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness.errors import DataError
-from harness.metrics import bootstrap_ci
-from harness.plots import curve_plot
-from harness.published import load_published
-from harness.report import Report, format_estimate, print_claims
-from harness.run import Run
+from harness.selection.metrics import bootstrap_ci
+from harness.reporting.plots import curve_plot
+from harness.reporting.published import load_published
+from harness.reporting.report import Report, format_estimate, print_claims
+from harness.reporting.run import Run
 from replications.rest import analysis
 
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.flops import NodeCost, TreeCost
-from harness.reward_models import RewardModel, split_steps
+from harness.selection.flops import NodeCost, TreeCost
+from harness.reward.models import RewardModel, split_steps
 from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams
 
 METHODS = ("rebase", "beam")

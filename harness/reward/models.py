@@ -4,7 +4,7 @@ A solution is split into steps at a separator (a blank line by default). `score_
 score in [0, 1] per step (an ORM returns a single score for the whole solution), and
 `ScoredSolution.score(aggregation)` reduces them by last / min / prod / mean, as the paper's
 `math_evaluate.py` does. Each scored solution also reports how many tokens the reward model read
-for the question and for each step, which is what harness.flops charges for it.
+for the question and for each step, which is what harness.selection.flops charges for it.
 
 Implementations, chosen by `kind` in a conf/reward_model/*.yaml:
 - `causal_lm_prm`: a hub or local causal LM read at a step tag, e.g. Math-Shepherd
@@ -12,7 +12,7 @@ Implementations, chosen by `kind` in a conf/reward_model/*.yaml:
   tkitsers/Llemma-reward-model (a logit read at the step-tag token);
 - `sequence_classifier`: an ORM with a scalar head (AutoModelForSequenceClassification, num_labels=1,
   e.g. one trained with TRL's RewardTrainer), read at the last token;
-- `embedded`: a value head trained here (harness.reward_training) on the hidden states of the
+- `embedded`: a value head trained here (harness.reward.training) on the hidden states of the
   embedded LM's first layers, saved to and reloaded from a folder with its training provenance.
 """
 from __future__ import annotations
@@ -98,11 +98,11 @@ class RewardModelConfig:
     score_token_id: Optional[int] = None
     max_length: int = 2048
     batch_size: int = 8
-    # --- embedded (trained here, see harness.reward_training)
+    # --- embedded (trained here, see harness.reward.training)
     backbone: Optional[Any] = None  # a conf/model config (name or node) whose first layers give features
     layers: int = 8  # how many of the backbone's transformer layers to run
     features: list = field(default_factory=lambda: ["last"])  # per step: last-token state, and/or mean over the step
-    training: Optional[Any] = None  # harness.reward_training.TrainingConfig keys
+    training: Optional[Any] = None  # harness.reward.training.TrainingConfig keys
 
 
 def reward_model_config(cfg: Any) -> RewardModelConfig:
@@ -110,7 +110,7 @@ def reward_model_config(cfg: Any) -> RewardModelConfig:
     from omegaconf import DictConfig, OmegaConf
 
     from harness.config import validate
-    from harness.data import PROJECT_ROOT
+    from harness.data.problems import PROJECT_ROOT
 
     if isinstance(cfg, RewardModelConfig):
         return cfg
@@ -209,7 +209,7 @@ class _TransformersRM(RewardModel):
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
             )
-        from harness.prompts import fill
+        from harness.data.prompts import fill
 
         return fill(self.config.input_template, {"question": question}, f"reward_model '{self.name}'.input_template")
 
@@ -417,7 +417,7 @@ class EmbeddedHeadRM(RewardModel):
         if self.config.use_chat_template and getattr(tok, "chat_template", None):
             return list(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                 tokenize=True, return_dict=False))
-        from harness.prompts import fill
+        from harness.data.prompts import fill
 
         return self.backbone.encode(fill(self.config.input_template, {"question": question}, "input_template"))
 
@@ -518,8 +518,8 @@ class EmbeddedHeadRM(RewardModel):
 def load_backbone_model(rm: RewardModelConfig) -> Any:
     from omegaconf import OmegaConf
 
-    from harness.data import PROJECT_ROOT
-    from harness.models import load_model
+    from harness.data.problems import PROJECT_ROOT
+    from harness.models.loading import load_model
 
     spec = rm.backbone
     if spec is None:
@@ -534,7 +534,7 @@ def load_backbone_model(rm: RewardModelConfig) -> Any:
 
 def load_reward_model(cfg: Any, loaded_backbone: Any = None) -> RewardModel:
     """The reward model a config describes. `embedded` needs `path` (a saved head) to be usable here;
-    training one is harness.reward_training's job."""
+    training one is harness.reward.training's job."""
     rm = reward_model_config(cfg)
     if rm.kind == "causal_lm_prm":
         return CausalLMPRM(rm)

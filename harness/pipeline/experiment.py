@@ -8,14 +8,14 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from harness.config import ModelConfig, StoreConfig, sampling_params, validate
-from harness.data import Problem, ProblemSet, load_problems
-from harness.evaluation import grade_samples
-from harness.models import LoadedModel, load_model
-from harness.prompts import PromptSpec, load_prompt, prompt_fingerprint, render
-from harness.run import Run
+from harness.data.problems import Problem, ProblemSet, load_problems
+from harness.grading.graded import grade_samples
+from harness.models.loading import LoadedModel, load_model
+from harness.data.prompts import PromptSpec, load_prompt, prompt_fingerprint, render
+from harness.reporting.run import Run
 from harness.sampling.base import Sampler, SamplingParams
 from harness.sampling.factory import make_sampler
-from harness.store import SampleStore, StoreEntry, draw_samples
+from harness.store.samples import SampleStore, StoreEntry, draw_samples
 
 
 @dataclass

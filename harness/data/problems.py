@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.config import validate
 from harness.errors import ConfigError, DataError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the folder holding pyproject.toml
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 DATASET_CONF_DIR = PROJECT_ROOT / "conf" / "dataset"
 DATA_ROOT_ENV = "LLMREP_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"  # relative to PROJECT_ROOT

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError, DataError
-from harness.reward_models import EmbeddedHeadRM, LinearHead, RewardModelConfig, TruncatedBackbone, split_steps
+from harness.reward.models import EmbeddedHeadRM, LinearHead, RewardModelConfig, TruncatedBackbone, split_steps
 
 
 @dataclass

@@ -48,7 +48,7 @@ import yaml
 
 from harness.errors import DataError
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "results" / "published"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "results" / "published"
 UNITS = ("fraction", "percent", "points", "flops", "score", "usd", "count", "coefficient")
 REQUIRED_TOP = ("paper", "arxiv", "setup", "numbers")
 OPTIONAL_TOP = ("authors", "venue", "code", "data", "provenance", "missing", "notes")

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import validate
-from harness.data import PROJECT_ROOT, Problem, ProblemSet, dataset_config, load_problems
+from harness.data.problems import PROJECT_ROOT, Problem, ProblemSet, dataset_config, load_problems
 from harness.errors import ConfigError
 
 PROMPT_CONF_DIR = PROJECT_ROOT / "conf" / "prompt"
@@ -266,7 +266,7 @@ def prompt_fingerprint(
 
     The model's chat template also shapes chat prompts; the store keys on the model identity for that.
     """
-    from harness.store import fingerprint
+    from harness.store.samples import fingerprint
 
     spec = load_prompt(spec)
     pool = exemplar_problems(spec, data_root, train_problems)

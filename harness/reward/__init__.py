@@ -1,0 +1,1 @@
+"""Reward models: the ORM/PRM interface, hub PRMs, the embedded value head and its training (Math-Shepherd labels)."""

@@ -19,6 +19,25 @@ def test_claim_rejects_unknown_verdict():
         Claim("x", "maybe", "")
 
 
+def test_report_claim_is_the_claims_module_claim_and_keeps_positional_form():
+    from harness.reporting import claims
+
+    assert Claim is claims.Claim
+    c = Claim("x", "fails", "why", 12)
+    assert (c.name, c.status, c.verdict, c.evidence, c.n, c.ours, c.published) == ("x", "fails", "fails", "why", 12, None, None)
+
+
+def test_claims_section_shows_our_and_published_numbers_only_when_given(tmp_path):
+    rep = Report("T")
+    rep.claim("c1", "holds", "because", n=50, ours="40.0% [30.0, 50.0] (n=50)", published="58.0% (PaLM 2-S; Fig. 2)")
+    rep.claim("c2", "fails", "not so")
+    rep.claims_section()
+    lines = rep.render().splitlines()
+    assert "| claim | verdict | n | ours (95% CI) | published | evidence |" in lines
+    assert "| c1 | HOLDS | 50 | 40.0% [30.0, 50.0] (n=50) | 58.0% (PaLM 2-S; Fig. 2) | because |" in lines
+    assert "| c2 | FAILS |  |  |  | not so |" in lines
+
+
 def test_markdown_table_escapes_and_blanks_missing():
     text = markdown_table(pd.DataFrame({"a": ["x|y", None], "b": [0.5, math.nan]}))
     assert text.splitlines()[2] == "| x\\|y | 0.5 |"

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 
-CLAIM_STATUSES = ("holds", "fails", "inconclusive")
+from harness.reporting.claims import VERDICTS, Claim, write_run_claims
+
+CLAIM_STATUSES = VERDICTS  # the older name, kept for callers
+__all__ = ["CLAIM_STATUSES", "Claim", "Report", "format_estimate", "markdown_table", "print_claims"]
 
 
 def format_estimate(
@@ -24,17 +26,6 @@ def format_estimate(
     if n is not None:
         text += f" (n={n})"
     return text
-
-
-@dataclass(frozen=True)
-class Claim:
-    name: str
-    status: str  # holds | fails | inconclusive
-    evidence: str
-
-    def __post_init__(self):
-        if self.status not in CLAIM_STATUSES:
-            raise ValueError(f"claim status must be one of {CLAIM_STATUSES}, got {self.status!r}")
 
 
 def markdown_table(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
@@ -53,10 +44,14 @@ def markdown_table(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
 
 
 class Report:
-    def __init__(self, title: str):
+    def __init__(self, title: str, *, paper: str | None = None, run: str | None = None, model: str | None = None,
+                 dataset: str | None = None):
+        """paper / run / model / dataset label claims.json; left None, they are read from the run's config.yaml."""
         self.title = title
         self.parts: list[str] = [f"# {title}\n"]
         self.claims: list[Claim] = []
+        self.metadata = {"paper": paper, "run": run, "model": model, "dataset": dataset}
+        self.has_claims_section = False
 
     def heading(self, text: str, level: int = 2) -> "Report":
         self.parts.append(f"{'#' * level} {text}\n")
@@ -82,19 +77,28 @@ class Report:
         self.parts.append(f"![{caption}]({shown})\n\n*{caption}*\n")
         return self
 
-    def claim(self, name: str, status: str, evidence: str) -> Claim:
-        c = Claim(name, status, evidence)
+    def claim(self, name: str, status: str, evidence: str, n: int | None = None, ours: str | None = None,
+              published: str | None = None) -> Claim:
+        c = Claim(name, status, evidence, n, ours, published)
         self.claims.append(c)
         return c
 
     def claims_section(self) -> "Report":
+        """The claims table; the report's write() then also writes the same verdicts to claims.json."""
         self.heading("The paper's claims, checked on this run")
-        rows = pd.DataFrame([(c.name, c.status.upper(), c.evidence) for c in self.claims],
-                            columns=["claim", "verdict", "evidence"])
+        optional = [("n", "n"), ("ours", "ours (95% CI)"), ("published", "published")]
+        shown = [(attr, label) for attr, label in optional if any(getattr(c, attr) is not None for c in self.claims)]
+        rows = pd.DataFrame(
+            [(c.name, c.status.upper(), *(getattr(c, attr) for attr, _ in shown), c.evidence) for c in self.claims],
+            columns=["claim", "verdict", *(label for _, label in shown), "evidence"], dtype=object)
+        self.has_claims_section = True
         return self.table(rows)
 
     def finish(self, claims: Sequence[Claim], timings: dict[str, float], draws: dict[str, dict] | None = None) -> "Report":
-        """The closing sections every replication has: the claims checked, then the cost of the run."""
+        """The closing sections every replication has: the claims checked, then the cost of the run.
+
+        claims.json is written by `write`, beside report.md: only there is the run directory known.
+        """
         self.claims.extend(claims)
         self.claims_section()
         print_claims(claims)
@@ -111,8 +115,11 @@ class Report:
         return "\n".join(self.parts)
 
     def write(self, path: str | Path) -> Path:
+        """Write the report and, when it has a claims section, claims.json beside it with the same verdicts."""
         p = Path(path)
         p.write_text(self.render(), encoding="utf-8")
+        if self.has_claims_section:
+            write_run_claims(p.parent, self.claims, **self.metadata)
         return p
 
 

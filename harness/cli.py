@@ -10,6 +10,17 @@ from omegaconf import DictConfig
 
 from harness.errors import HarnessError
 
+
+def check_startup(cfg: DictConfig) -> None:
+    """What every replication checks before it loads a model or draws a sample: every sampling node's values,
+    and the paper's published numbers (results/published/<paper>.yaml), which its report shows beside ours."""
+    from harness.config import check_sampling
+    from harness.reporting.published import load_published
+
+    check_sampling(cfg)
+    if cfg.get("paper"):
+        load_published(str(cfg.paper))
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -50,6 +61,7 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def hydra_main(cfg: DictConfig) -> Any:
         try:
+            check_startup(cfg)
             return task(cfg)
         except HarnessError as err:
             # SystemExit passes through Hydra's exception reporting: the user sees one line.

@@ -5,10 +5,10 @@ unknown key fails at start-up with one line naming the key, before any model is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ConfigError
@@ -37,15 +37,32 @@ class ModelConfig:
     dtype: str = "float32"
     num_parameters: Optional[int] = None  # for FLOPs accounting where the weights are not loaded here
     random_init: Optional[RandomInitConfig] = None
+    warm_start: Optional[Any] = None  # a conf/warm_start name or node: fine-tune once before use (harness.training.warm_start)
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 256
-    seed: int = 0
+    """No defaults: every paper's YAML sets its own sampling (they differ), and a key it forgets is an error."""
+
+    temperature: float = MISSING
+    top_p: float = MISSING
+    top_k: int = MISSING
+    max_new_tokens: int = MISSING
+    seed: int = MISSING
+
+    def check(self, key: str = "sampling") -> "SamplingConfig":
+        """Raise ConfigError naming `<key>.<field>` for a value no sampler can use (e.g. temperature < 0 would
+        sample from the inverted distribution without complaint)."""
+        bad = [
+            ("temperature", self.temperature < 0, ">= 0"),
+            ("top_p", not 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k < 0, ">= 0 (0: no top-k)"),
+            ("max_new_tokens", self.max_new_tokens < 1, ">= 1"),
+        ]
+        for name, wrong, allowed in bad:
+            if wrong:
+                raise ConfigError(f"config key '{key}.{name}': must be {allowed}, got {getattr(self, name)}")
+        return self
 
     def params(self, stop: tuple[str, ...] = ()) -> SamplingParams:
         return SamplingParams(
@@ -60,38 +77,50 @@ class SamplingConfig:
 
 @dataclass
 class StoreConfig:
-    root: str = "results/store"
-    shard: str = "main"
+    root: str = MISSING
+    shard: str = MISSING
+
+
+# The schemas below have no defaults: each paper's YAML sets (and documents) its values, conf/harness.yaml the
+# shared ones, so a default can never silently differ from what the YAML says.
 
 
 @dataclass
 class SubsetSamplingConfig:
     """Monte Carlo size-k subsets for voting / best-of-k where exact enumeration is too large."""
 
-    num_subsets: int = 1000
-    seed: int = 0
+    num_subsets: int = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class BootstrapConfig:
-    num_resamples: int = 2000
-    seed: int = 0
+    num_resamples: int = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class PublishedConfig:
-    models: List[str] = field(default_factory=list)  # which published rows a report shows beside ours
+    models: List[str] = MISSING  # which published rows a report shows beside ours
+
+
+@dataclass
+class PaperAnalysisConfig:
+    """What every paper's analysis node has: its bootstrap over problems and the published rows it shows."""
+
+    bootstrap: BootstrapConfig = MISSING
+    published: PublishedConfig = MISSING
 
 
 @dataclass
 class RunKeys:
     """Top-level keys every replication config has besides its config groups (conf/harness.yaml)."""
 
-    paper: str = "paper"
-    run_name: str = "run"
-    samples: int = 1
-    mode: str = "full"  # full | sample (only fill the store: sharded multirun jobs)
-    progress: bool = True
+    paper: str = MISSING
+    run_name: str = MISSING
+    samples: int = MISSING
+    mode: str = MISSING  # full | sample (only fill the store: sharded multirun jobs)
+    progress: bool = MISSING
 
 
 def check_run_keys(cfg: DictConfig) -> RunKeys:
@@ -105,11 +134,11 @@ def check_run_keys(cfg: DictConfig) -> RunKeys:
 
 
 def validate(cfg: DictConfig, schema: type, key: str | None = None) -> Any:
-    """Merge `cfg` (or `cfg[key]`) onto `schema`; returns the typed object (a dataclass instance).
+    """Merge `cfg` (or the node at the dotted `key`) onto `schema`; returns the typed object (a dataclass instance).
 
-    Raises ConfigError naming the offending key: unknown keys and wrong types are caught here.
+    Raises ConfigError naming the offending key: unknown keys, wrong types and unset keys are caught here.
     """
-    node = cfg if key is None else cfg.get(key)
+    node = cfg if key is None else OmegaConf.select(cfg, key, default=None)
     if node is None:
         raise ConfigError(f"config key '{key}' is missing")
     try:
@@ -125,4 +154,35 @@ def validate(cfg: DictConfig, schema: type, key: str | None = None) -> Any:
 
 
 def sampling_params(cfg: DictConfig, stop: tuple[str, ...] = ()) -> SamplingParams:
-    return validate(cfg, SamplingConfig, "sampling").params(stop)
+    return validate(cfg, SamplingConfig, "sampling").check().params(stop)
+
+
+def _walk(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, node) of every node below `cfg`, Hydra's own settings left out; interpolations unresolved."""
+    if isinstance(cfg, DictConfig):
+        items = [(name, cfg._get_node(name)) for name in cfg.keys() if prefix or name != "hydra"]
+    elif isinstance(cfg, ListConfig):
+        items = list(enumerate(cfg._iter_ex(resolve=False)))
+    else:
+        return
+    for name, child in items:
+        key = f"{prefix}{name}"
+        yield key, child
+        yield from _walk(child, key + ".")
+
+
+def sampling_nodes(cfg: DictConfig) -> list[str]:
+    """Dotted keys of every `sampling` node in the config (`sampling`, `rest.eval.sampling`, ...)."""
+    return [key for key, node in _walk(cfg) if key.rsplit(".", 1)[-1] == "sampling" and isinstance(node, DictConfig)]
+
+
+def check_sampling(cfg: DictConfig) -> None:
+    """Validate every sampling node at start-up (before any model is loaded): types and each value's range;
+    and every other `*max_new_tokens` key (greedy baselines, evaluations) is >= 1."""
+    for key in sampling_nodes(cfg):
+        validate(cfg, SamplingConfig, key).check(key)
+    for key, _ in _walk(cfg):
+        if key.endswith("max_new_tokens") and not key.endswith("sampling.max_new_tokens"):
+            value = OmegaConf.select(cfg, key)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                raise ConfigError(f"config key '{key}': must be >= 1, got {value}")

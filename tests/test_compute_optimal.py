@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from harness.cli import CONF_DIR
+from harness.selection.metrics import method_value
 from replications.compute_optimal import analysis
 from replications.compute_optimal.config import budgets, check_config
 
@@ -52,15 +53,15 @@ def test_subset_expectations_match_brute_force(seed):
     scores = [float(s) for s in rng.random(n).round(2)]
     for metric in ("majority_vote", "rm_weighted_vote", "rm_best_of_n"):
         for k in range(1, n + 1):
-            got = analysis.select_value(metric, answers, correct, scores, k, 0, 1000)
+            got = method_value(metric, correct, k, answers, scores, 0, 1000)
             assert got == pytest.approx(_brute(metric, answers, correct, scores, k), abs=1e-9), (metric, k)
 
 
 def test_weighted_vote_can_beat_majority_when_the_reward_knows():
     # three wrong samples agree on "7", two right ones say "5" and score high: weighted picks "5" at N=5
     answers, correct, scores = ["7", "7", "7", "5", "5"], [False] * 3 + [True] * 2, [0.1, 0.1, 0.1, 0.9, 0.9]
-    assert analysis.select_value("majority_vote", answers, correct, scores, 5, 0, 100) == 0.0
-    assert analysis.select_value("rm_weighted_vote", answers, correct, scores, 5, 0, 100) == 1.0
+    assert method_value("majority_vote", correct, 5, answers, scores, 0, 100) == 0.0
+    assert method_value("rm_weighted_vote", correct, 5, answers, scores, 0, 100) == 1.0
 
 
 def _pool():
@@ -118,17 +119,39 @@ def test_claims_hold_fail_and_stay_inconclusive_on_hand_made_results():
     assert analysis.claim_search_beats_sampling(_per_problem(wv_good, wv_good, reb), 200, 0).status == "fails"
 
 
+def test_claims_carry_n_ours_and_the_published_number():
+    pids = [f"p{i}" for i in range(20)]
+    better = {(p, b): 1.0 for p in pids for b in (1, 2, 4)}
+    worse = {(p, b): 0.0 if b > 1 else 1.0 for p in pids for b in (1, 2, 4)}
+    context = analysis.PublishedContext("gsm8k", ("Mistral-7B",))
+    c = analysis.claim_weighted_vs_majority(_per_problem(better, worse), 200, 0, context)
+    shown = " ".join(str(v) for v in c.__dict__.values())
+    assert "n=20" in shown and "Mistral-7B" in shown and "weighted vote 100.0%" in shown
+    if hasattr(c, "n"):
+        assert c.n == 20 and "Mistral-7B" in c.published
+
+
+def test_saturation_window_comes_from_config():
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(analysis.DEFAULT_CONFIG).claims.saturation_doublings == 2
+    curve = pd.DataFrame({"curve": "c", "strategy": "sampling", "budget": [1, 2, 4], "accuracy": [0.1, 0.3, 0.31]})
+    # one doubling each side: 1 -> 2 gains 0.2, 2 -> 4 gains 0.01; two doublings would need budget 16
+    assert analysis.claim_saturation(curve, 0.5, 1).status == "holds"
+    assert analysis.claim_saturation(curve, 0.5, 2).status == "inconclusive"
+
+
 def test_saturation_claim():
     def curve(values):
         return pd.DataFrame({"curve": "c", "strategy": "sampling", "budget": [1, 2, 4, 8, 16],
                              "accuracy": values})
-    assert analysis.claim_saturation(curve([0.1, 0.2, 0.3, 0.32, 0.33]), 0.5).status == "holds"
-    assert analysis.claim_saturation(curve([0.1, 0.12, 0.14, 0.3, 0.5]), 0.5).status == "fails"
-    assert analysis.claim_saturation(curve([0.1] * 5), 0.5).status == "inconclusive"
+    assert analysis.claim_saturation(curve([0.1, 0.2, 0.3, 0.32, 0.33]), 0.5, 2).status == "holds"
+    assert analysis.claim_saturation(curve([0.1, 0.12, 0.14, 0.3, 0.5]), 0.5, 2).status == "fails"
+    assert analysis.claim_saturation(curve([0.1] * 5), 0.5, 2).status == "inconclusive"
     noisy = curve([0.1, 0.12, 0.14, 0.3, 0.5]).assign(ci_low=[0.0, 0.0, 0.0, 0.0, 0.1])
-    assert analysis.claim_saturation(noisy, 0.5).status == "inconclusive"  # the late rise is inside the CI
+    assert analysis.claim_saturation(noisy, 0.5, 2).status == "inconclusive"  # the late rise is inside the CI
     clear = noisy.assign(ci_low=[0.0, 0.0, 0.0, 0.0, 0.45])
-    assert analysis.claim_saturation(clear, 0.5).status == "fails"
+    assert analysis.claim_saturation(clear, 0.5, 2).status == "fails"
 
 
 def _compose(overrides=()):

@@ -142,3 +142,57 @@ def test_reward_model_scores_are_cached_and_drive_rm_selection(tmp_path):
     assert set(res.selection["method"]) == {"majority_vote", "rm_best_of_k", "rm_weighted_vote"}
     assert sel[("rm_best_of_k", 4)] == pytest.approx(1.0)
     assert sel[("majority_vote", 4)] == pytest.approx(0.0)
+
+
+def _graded(strict_and_lenient: bool):
+    # 3 problems x 4 samples; lenient grading accepts one more sample per problem than strict
+    rows = []
+    for i in range(3):
+        for j in range(4):
+            row = {"problem_id": f"q{i}", "index": j, "text": "t", "vote_answer": str(j), "correct": j == 0}
+            if strict_and_lenient:
+                row.update(correct_strict=j == 0 and i == 0, correct_lenient=j in (0, 1))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_coverage_under_strict_and_lenient_grading_side_by_side():
+    from omegaconf import OmegaConf
+
+    from replications.monkeys.analysis import analyse, check_claims
+    from replications.monkeys.report import coverage_frame
+
+    cfg = OmegaConf.create({"monkeys": OmegaConf.load(ROOT / "conf" / "monkeys" / "default.yaml"),
+                            "dataset": {"name": "gsm8k"}})
+    res = analyse(_graded(True), cfg)
+    assert set(res.coverage_by_verdict) == {"strict", "lenient"}
+    cov = coverage_frame(res).set_index("k")
+    assert cov.loc[1, "coverage"] == pytest.approx(0.25)  # the configured verdict
+    assert cov.loc[1, "coverage_strict"] == pytest.approx(1 / 12)
+    assert cov.loc[1, "coverage_lenient"] == pytest.approx(0.5)
+    assert cov.loc[4, "coverage_lenient"] == 1.0 and cov.loc[4, "coverage_strict"] == pytest.approx(1 / 3)
+    assert list(res.per_problem["c_strict"]) == [1, 0, 0]
+
+    plain = analyse(_graded(False), cfg)
+    assert plain.coverage_by_verdict == {} and "coverage_strict" not in coverage_frame(plain)
+    claims = check_claims(plain, cfg)
+    shown = " ".join(str(v) for c in claims for v in c.__dict__.values())
+    assert "n=3" in shown and "Llama-3-8B-Instruct" in shown  # our numbers and the paper's, with its model
+
+
+def test_fit_claim_thresholds_come_from_the_config():
+    from omegaconf import OmegaConf
+
+    from harness.selection.scaling_fit import FitResult
+    from replications.monkeys.analysis import analyse, check_claims
+
+    cfg = OmegaConf.create({"monkeys": OmegaConf.load(ROOT / "conf" / "monkeys" / "default.yaml")})
+    res = analyse(_graded(False), cfg)
+    res.fit = FitResult(**{**res.fit.__dict__, "r2_log": 0.9}) if res.fit else None
+    if res.fit is None:
+        pytest.skip("no fit on this toy data")
+    status = {c.name: c.status for c in check_claims(res, cfg)}
+    fit_claim = next(n for n in status if "power law" in n)
+    assert status[fit_claim] == "inconclusive"  # between 0.8 and 0.95
+    cfg.monkeys.claims.fit_r2_holds = 0.85
+    assert {c.name: c.status for c in check_claims(res, cfg)}[fit_claim] == "holds"

@@ -36,8 +36,10 @@ results/published/README.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,12 @@ class Entry:
     def key(self, name: str) -> Any:
         """A join key: an entry field (metric, dataset, model, unit, id) or a setting key; None if absent."""
         return getattr(self, name) if name in ENTRY_FIELDS else self.setting.get(name)
+
+    def value_text(self) -> str:
+        """The number as the paper gives it: '≈95.7%' (fraction, read off a plot), '> 0.5 points'."""
+        bound = {"lower": "> ", "upper": "< "}.get(self.bound or "", "")
+        number = f"{self.value * 100:.1f}%" if self.unit == "fraction" else f"{self.value:g} {self.unit}"
+        return f"{bound}{'≈' if self.approximate else ''}{number}"
 
     def label(self) -> str:
         """The source as shown beside a regenerated number, secondary site included."""
@@ -132,9 +140,17 @@ class PublishedNumbers:
         return pd.DataFrame(rows)
 
 
-def load_published(paper: str, root: Path = DEFAULT_ROOT) -> PublishedNumbers:
-    """Load and validate results/published/<paper>.yaml; a malformed file raises DataError naming file and field."""
-    path = Path(root) / f"{paper}.yaml"
+def published_root() -> Path:
+    """results/published, or the folder in $LLMREP_PUBLISHED (a checkout's own numbers, tests)."""
+    return Path(os.environ.get("LLMREP_PUBLISHED") or DEFAULT_ROOT)
+
+
+def load_published(paper: str, root: Path | None = None) -> PublishedNumbers:
+    """Load and validate results/published/<paper>.yaml; a missing or malformed file raises DataError naming file
+    and field. Every replication's entry point calls this at start-up (harness.cli), so a broken file stops the run
+    before any model is loaded, and the report's published section can rely on it."""
+    root = published_root() if root is None else Path(root)
+    path = root / f"{paper}.yaml"
     if not path.is_file():
         known = ", ".join(p.stem for p in sorted(Path(root).glob("*.yaml"))) or "none"
         raise DataError(f"{path}: no published numbers for paper {paper!r} (known: {known})")
@@ -145,8 +161,39 @@ def load_published(paper: str, root: Path = DEFAULT_ROOT) -> PublishedNumbers:
     return _validate(path, paper, raw)
 
 
-def load_all(root: Path = DEFAULT_ROOT) -> dict[str, PublishedNumbers]:
-    return {p.stem: load_published(p.stem, root) for p in sorted(Path(root).glob("*.yaml"))}
+def published_text(paper: str, metric: str, dataset: str | None = None, models: Sequence[str] = (),
+                   **setting: Any) -> str | None:
+    """A claim's published side: each matching number with its model, setting and source; None if there is none."""
+    entries = [e for e in load_published(paper).select(metric=metric, dataset=dataset, **setting)
+               if not models or e.model in models]
+    if not entries:
+        return None
+    return "; ".join(f"{e.model} on {e.dataset}: {e.value_text()}" + (f" at {_setting_text(e.setting)}" if e.setting else "")
+                     + f" ({e.label()})" for e in entries)
+
+
+def claim(name: str, status: str, evidence: str, n: int | None = None, ours: str | None = None,
+          published: str | None = None) -> Any:
+    """A report Claim carrying its numbers: n (problems), ours (our number with its CI, as text) and published
+    (the paper's number with its model). Where harness.reporting.report.Claim does not have those fields yet,
+    the numbers are appended to the evidence instead, so no report loses them."""
+    from harness.reporting.report import Claim
+
+    numbers = {"n": n, "ours": ours, "published": published}
+    fields = {f.name for f in dataclasses.fields(Claim)}
+    if set(numbers) <= fields:
+        return Claim(name, status, evidence, **numbers)
+    shown = [f"ours: {ours}" if ours else "", f"published: {published}" if published else ""]
+    return Claim(name, status, "; ".join([evidence, *filter(None, shown)]))
+
+
+def _setting_text(setting: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items())
+
+
+def load_all(root: Path | None = None) -> dict[str, PublishedNumbers]:
+    root = published_root() if root is None else Path(root)
+    return {p.stem: load_published(p.stem, root) for p in sorted(root.glob("*.yaml"))}
 
 
 def side_by_side(regenerated: pd.DataFrame, published: Sequence[Entry], join_on: Sequence[str],

@@ -7,26 +7,94 @@ Each is the expectation over a uniformly random size-k subset, exact where the s
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
-SELECTION_METHODS = {
-    "majority_vote": "majority_vote",
+# Canonical selection-method names and the spellings the papers' configs use for them. Every estimate of
+# "how often does this method pick a correct answer from k samples" goes through `method_value`.
+METHODS = ("majority", "weighted_vote", "best_of_k", "pass@k")
+METHOD_ALIASES = {
+    "majority": "majority",
+    "majority_vote": "majority",
+    "maj": "majority",
     "weighted_vote": "weighted_vote",
     "rm_weighted_vote": "weighted_vote",
     "reward_model_weighted_vote": "weighted_vote",
     "best_of_k": "best_of_k",
+    "best_of_n": "best_of_k",
     "rm_best_of_k": "best_of_k",
     "reward_model_best_of_k": "best_of_k",
-    "rm_best_of_n": "best_of_k",  # the compute-optimal code's name
-    "coverage": "coverage",
+    "rm_best_of_n": "best_of_k",  # the compute-optimal paper's name
+    "pass@k": "pass@k",
+    "pass_at_k": "pass@k",
+    "coverage": "pass@k",  # the Monkeys paper's name
 }
+SCORED_METHODS = ("weighted_vote", "best_of_k")  # need a reward-model score per sample
+
+
+def canonical_method(name: str) -> str:
+    """The canonical name (one of METHODS) of a selection method, from any of its accepted spellings."""
+    try:
+        return METHOD_ALIASES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown selection method {name!r}: expected one of {', '.join(METHOD_ALIASES)}") from None
+
+
+def needs_scores(method: str) -> bool:
+    return canonical_method(method) in SCORED_METHODS
+
+
+def k_grid(n: int, ks: Sequence[int] | None = None) -> list[int]:
+    """The k (samples per problem, or budget N) of every curve: the given ks within 1..n, else 1, 2, 4, ... and n."""
+    n = _check_int("n", n)
+    if n < 1:
+        raise ValueError(f"k_grid needs n >= 1, got {n}")
+    if ks:
+        return sorted({int(k) for k in ks if 1 <= int(k) <= n})
+    return sorted({2**i for i in range(n.bit_length()) if 2**i <= n} | {n})
+
+
+def problem_rng(seed: int, problem_id: Any, k: int) -> np.random.Generator:
+    """The Monte Carlo generator of one (problem, k): derived from (seed, problem_id, k) by hashing, so a
+    problem's estimate does not move when other problems are added, removed or reordered."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{problem_id}\x00{int(k)}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a - b) over the same problems, with a percentile-bootstrap CI over problems."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    @property
+    def status(self) -> str:
+        """'holds' when the CI lies above 0, 'fails' below, else 'inconclusive'."""
+        return "holds" if self.ci_low > 0 else "fails" if self.ci_high < 0 else "inconclusive"
+
+    def text(self) -> str:
+        return (f"{self.mean * 100:+.1f} points [{self.ci_low * 100:+.1f}, {self.ci_high * 100:+.1f}] "
+                f"(paired bootstrap, n={self.n})")
+
+
+def paired_bootstrap(a: Any, b: Any, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> PairedDifference:
+    """Difference of two methods / models / iterations on the same problems (row i of a and b: problem i)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_bootstrap needs two 1-D arrays over the same problems, got {a.shape} and {b.shape}")
+    mean, low, high = bootstrap_ci(a - b, n_boot=n_boot, seed=seed, alpha=alpha)
+    return PairedDifference(mean, low, high, len(a))
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -276,51 +344,76 @@ def _field(record: Any, key: str, where: str) -> Any:
     raise ValueError(f"{where} has no field '{key}'")
 
 
-def selection_curve(
+def method_value(
+    method: str,
+    correct: Sequence[bool],
+    k: int,
+    answers: Sequence[str | None] | None = None,
+    scores: Sequence[float] | None = None,
+    rng_or_seed: Any = 0,
+    num_subsets: int = 1000,
+    exact_limit: int = 20000,
+) -> float:
+    """One problem: the expected correctness of `method` (any accepted spelling) on a random size-k subset of
+    its samples. Votes need `answers`, weighted vote and best-of-k need `scores`."""
+    kind = canonical_method(method)
+    if kind == "pass@k":
+        _check_lengths(k, correct=correct)
+        return pass_at_k(len(correct), int(sum(bool(c) for c in correct)), int(k))
+    if kind == "best_of_k":
+        return expected_best_of_k(_required(scores, "scores", kind), correct, k)
+    weights = _required(scores, "scores", kind) if kind == "weighted_vote" else None
+    return _expected_vote(_required(answers, "answers", kind), weights, correct, k, rng_or_seed, exact_limit,
+                          num_subsets)
+
+
+def _required(values: Any, what: str, kind: str) -> Any:
+    if values is None:
+        raise ValueError(f"selection method {kind!r} needs {what} per sample")
+    return values
+
+
+def per_problem_values(
     per_problem: Sequence[Any],
     ks: Sequence[int],
-    method: str = "majority_vote",
+    method: str = "majority",
     seed: int = 0,
     num_subsets: int = 1000,
-    n_boot: int = 2000,
     exact_limit: int = 20000,
     score_key: str = "scores",
-    alpha: float = 0.05,
+) -> np.ndarray:
+    """(problems x ks) array of `method_value`; Monte Carlo subsets drawn from `problem_rng(seed, problem_id, k)`.
+
+    per_problem: records (dicts or objects) with `problem_id`, `correct` per sample, `answers` (vote keys,
+    None = no answer) for the votes and `score_key` for the reward-model methods.
+    """
+    kind = canonical_method(method)
+    values = np.empty((len(per_problem), len(ks)))
+    for i, rec in enumerate(per_problem):
+        pid = _field(rec, "problem_id", f"problem {i}")
+        where = f"problem {pid}"
+        correct = list(_field(rec, "correct", where))
+        answers = list(_field(rec, "answers", where)) if kind in ("majority", "weighted_vote") else None
+        scores = list(_field(rec, score_key, where)) if kind in SCORED_METHODS else None
+        for j, k in enumerate(ks):
+            if not 1 <= int(k) <= len(correct):
+                raise ValueError(f"k={k} is outside 1..{len(correct)}, the samples of {where}")
+            values[i, j] = method_value(kind, correct, int(k), answers, scores, problem_rng(seed, pid, int(k)),
+                                        num_subsets, exact_limit)
+    return values
+
+
+def selection_curve(
+    per_problem: Sequence[Any], ks: Sequence[int], method: str = "majority", seed: int = 0, n_boot: int = 2000,
+    alpha: float = 0.05, **options: Any
 ) -> pd.DataFrame:
     """A selection method's expected accuracy at each k, with a bootstrap CI over problems.
 
-    per_problem: records (dicts or objects) with `answers` (vote keys, None = no answer) and `correct`
-    per sample, plus `score_key` (reward per sample) for the weighted-vote / best-of-k methods.
-    Methods: majority_vote, rm_weighted_vote (= weighted_vote), rm_best_of_k (= best_of_k), coverage.
+    Records and options (num_subsets, exact_limit, score_key) as for `per_problem_values`.
     Columns: k, value, ci_low, ci_high, n_problems.
     """
-    if method not in SELECTION_METHODS:
-        raise ValueError(f"unknown selection method '{method}': expected one of {', '.join(SELECTION_METHODS)}")
+    canonical_method(method)
     if len(per_problem) == 0 or len(ks) == 0:
         raise ValueError("selection_curve needs at least one problem and one k")
-    kind = SELECTION_METHODS[method]
-    values = np.empty((len(per_problem), len(ks)))
-    for i, rec in enumerate(per_problem):
-        where = f"problem {rec.get('problem_id', i) if isinstance(rec, Mapping) else i}"
-        correct = list(_field(rec, "correct", where))
-        answers = list(_field(rec, "answers", where)) if kind in ("majority_vote", "weighted_vote") else None
-        scores = np.asarray(_field(rec, score_key, where), dtype=float) if kind in ("weighted_vote", "best_of_k") else None
-        if answers is not None:
-            ids, group_correct = _encode(answers, correct)
-            _check_lengths(1, answers=answers, correct=correct)
-        if kind == "weighted_vote":
-            _check_lengths(1, answers=answers, scores=scores, correct=correct)
-            scores = _check_weights(scores)
-        for j, k in enumerate(ks):
-            k = int(k)
-            if not 1 <= k <= len(correct):
-                raise ValueError(f"k={k} is outside 1..{len(correct)}, the samples of {where}")
-            if kind == "coverage":
-                values[i, j] = pass_at_k(len(correct), int(sum(bool(c) for c in correct)), k)
-            elif kind == "best_of_k":
-                values[i, j] = expected_best_of_k(scores, correct, k)
-            else:
-                rng = np.random.default_rng([seed, i, k])  # independent of the order problems and ks come in
-                weights = scores if kind == "weighted_vote" else None
-                values[i, j] = _vote_value(ids, group_correct, weights, k, rng, exact_limit, num_subsets)
+    values = per_problem_values(per_problem, ks, method, seed, **options)
     return _curve(values, ks, "value", n_boot, seed, alpha)

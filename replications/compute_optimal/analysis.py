@@ -5,15 +5,20 @@ claims compare strategies on the same problems with a paired bootstrap.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from harness.selection.flops import TokenCount, expected_sampling_tokens
-from harness.selection.metrics import bootstrap_ci, expected_best_of_k, expected_majority_vote, expected_weighted_vote
-from harness.reporting.report import Claim
+from harness.cli import CONF_DIR
+from harness.reporting.published import claim, published_text
+from harness.reporting.report import Claim, format_estimate
+from harness.selection.metrics import bootstrap_ci, method_value, needs_scores, paired_bootstrap, problem_rng
 
+DEFAULT_CONFIG = CONF_DIR / "compute_optimal" / "default.yaml"
 LABELS = {"majority_vote": "majority vote", "rm_weighted_vote": "weighted vote", "rm_best_of_n": "best-of-N",
           "accuracy": "greedy"}
 STRATEGY_LABELS = {"sampling": "sampling", "rebase": "REBASE", "beam": "beam search", "greedy": "greedy"}
@@ -25,37 +30,23 @@ def curve_label(strategy: str, metric: str) -> str:
     return f"{STRATEGY_LABELS.get(strategy, strategy)} + {LABELS.get(metric, metric)}"
 
 
-def select_value(metric: str, answers: Sequence, correct: Sequence[bool], scores: Sequence[float], k: int,
-                 rng_seed, num_subsets: int) -> float:
-    """Expected correctness of `metric` over size-k subsets of one problem's samples (harness.selection.metrics)."""
-    if k < 1 or len(correct) == 0:
-        return 0.0
-    if metric == "majority_vote":
-        return expected_majority_vote(answers, correct, k, rng_seed, num_subsets=num_subsets)
-    if metric == "rm_weighted_vote":
-        return expected_weighted_vote(answers, scores, correct, k, rng_seed, num_subsets=num_subsets)
-    if metric == "rm_best_of_n":
-        return expected_best_of_k(scores, correct, k)
-    raise ValueError(f"unknown selection metric {metric!r}")
-
-
 def sampling_values(pool: pd.DataFrame, budgets: Sequence[int], methods: Sequence[str], policy_params: float,
                     rm_params: float, prefix_reuse: bool, seed: int, num_subsets: int) -> pd.DataFrame:
     """Per problem and N: expected accuracy of each selection method and the expected FLOPs of a size-N subset."""
     rows = []
-    for pi, (pid, g) in enumerate(pool.sort_values(["problem_id", "index"]).groupby("problem_id", sort=True)):
+    for pid, g in pool.sort_values(["problem_id", "index"]).groupby("problem_id", sort=True):
         answers, correct, scores = list(g["vote_answer"]), list(g["correct"]), list(g["score"])
         prompt, gen = float(g["prompt_tokens"].iloc[0]), float(g["num_tokens"].mean())
         rm_q, rm_s = float(g["rm_question_tokens"].max()), float(g["rm_solution_tokens"].mean())
         for n in budgets:
             for method in methods:
-                uses_rm = method != "majority_vote"
+                uses_rm = needs_scores(method)
                 costs = {}
                 for reuse in (True, False):
                     t = expected_sampling_tokens(prompt, gen, n, reuse, rm_q, rm_s if uses_rm else None)
                     costs[reuse] = t
                 t = costs[prefix_reuse]
-                value = select_value(method, answers, correct, scores, n, [seed, pi, n], num_subsets)
+                value = method_value(method, correct, n, answers, scores, problem_rng(seed, pid, n), num_subsets)
                 rows.append({"problem_id": pid, "strategy": "sampling", "metric": method, "budget": n,
                              "value": value, "flops": t.flops(policy_params, rm_params),
                              "flops_other": costs[not prefix_reuse].flops(policy_params, rm_params),
@@ -86,7 +77,7 @@ def search_values(method: str, width: int, results, graded_leaves: dict[str, pd.
         t = res.cost.tokens(prefix_reuse)
         other = res.cost.tokens(not prefix_reuse)
         for agg in aggregations:
-            value = select_value(agg, answers, correct, scores, len(correct), 0, 1) if len(correct) else 0.0
+            value = method_value(agg, correct, len(correct), answers, scores) if len(correct) else 0.0
             rows.append({"problem_id": res.problem_id, "strategy": method, "metric": agg, "budget": width,
                          "value": value, "flops": t.flops(policy_params, rm_params),
                          "flops_other": other.flops(policy_params, rm_params),
@@ -113,8 +104,19 @@ def curves(per_problem: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 # claims
 
 
-def _paired(diff: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    return bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+@dataclass(frozen=True)
+class PublishedContext:
+    """Which published numbers a claim shows beside ours: the run's dataset and the configured published models."""
+
+    dataset: str
+    models: tuple[str, ...] = ()
+
+    def text(self, metric: str, **setting) -> str | None:
+        return published_text("compute_optimal", metric, self.dataset, self.models, **setting)
+
+
+def _published(context: PublishedContext | None, metric: str, **setting) -> str | None:
+    return context.text(metric, **setting) if context else None
 
 
 def _matrix(per_problem: pd.DataFrame, strategy: str, metric: str) -> pd.DataFrame:
@@ -122,23 +124,30 @@ def _matrix(per_problem: pd.DataFrame, strategy: str, metric: str) -> pd.DataFra
     return g.pivot(index="problem_id", columns="budget", values="value").sort_index()
 
 
-def claim_weighted_vs_majority(per_problem: pd.DataFrame, n_boot: int, seed: int) -> Claim:
+def _mean_text(values: np.ndarray, n_boot: int, seed: int) -> str:
+    mean, lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return format_estimate(mean, lo, hi, len(values))
+
+
+def claim_weighted_vs_majority(per_problem: pd.DataFrame, n_boot: int, seed: int,
+                               context: PublishedContext | None = None) -> Claim:
     name = "Weighted majority voting ≥ majority voting at equal number of samples (sampling)"
     wv, mv = _matrix(per_problem, "sampling", "rm_weighted_vote"), _matrix(per_problem, "sampling", "majority_vote")
     budgets = [b for b in wv.columns if b in mv.columns and b >= 2]
     if not budgets:
-        return Claim(name, "inconclusive", "no budget N >= 2 with both methods")
-    parts, means, lows, highs = [], [], [], []
-    for b in budgets:
-        m, lo, hi = _paired((wv[b] - mv[b]).to_numpy(), n_boot, seed)
-        means.append(m), lows.append(lo), highs.append(hi)
-        parts.append(f"N={b}: {m * 100:+.1f} pts [{lo * 100:+.1f}, {hi * 100:+.1f}]")
-    evidence = "weighted − majority (paired bootstrap over problems): " + "; ".join(parts) + f"; n={len(wv)} problems"
-    if any(h < 0 for h in highs):
-        return Claim(name, "fails", evidence)
-    if all(m >= 0 for m in means) and any(lo > 0 for lo in lows):
-        return Claim(name, "holds", evidence)
-    return Claim(name, "inconclusive", evidence + " (no N where the difference is clear of 0)")
+        return claim(name, "inconclusive", "no budget N >= 2 with both methods")
+    diffs = {b: paired_bootstrap(wv[b].to_numpy(), mv[b].to_numpy(), n_boot, seed) for b in budgets}
+    evidence = ("weighted − majority: " + "; ".join(f"N={b}: {d.text()}" for b, d in diffs.items())
+                + f"; n={len(wv)} problems")
+    top = budgets[-1]
+    ours = (f"N={top}: weighted vote {_mean_text(wv[top].to_numpy(), n_boot, seed)} vs majority vote "
+            f"{_mean_text(mv[top].to_numpy(), n_boot, seed)}")
+    numbers = dict(n=len(wv), ours=ours, published=_published(context, "rm_weighted_vote", strategy="sampling"))
+    if any(d.status == "fails" for d in diffs.values()):
+        return claim(name, "fails", evidence, **numbers)
+    if all(d.mean >= 0 for d in diffs.values()) and any(d.status == "holds" for d in diffs.values()):
+        return claim(name, "holds", evidence, **numbers)
+    return claim(name, "inconclusive", evidence + " (no N where the difference is clear of 0)", **numbers)
 
 
 def _interp_at(flops_x: np.ndarray, values: np.ndarray, x: float) -> tuple[np.ndarray, str]:
@@ -153,44 +162,49 @@ def _interp_at(flops_x: np.ndarray, values: np.ndarray, x: float) -> tuple[np.nd
     return values[:, j - 1] * (1 - t) + values[:, j] * t, "interpolated in log FLOPs"
 
 
-def claim_search_beats_sampling(per_problem: pd.DataFrame, n_boot: int, seed: int, search: str = "rebase") -> Claim:
+def claim_search_beats_sampling(per_problem: pd.DataFrame, n_boot: int, seed: int, search: str = "rebase",
+                                context: PublishedContext | None = None) -> Claim:
     name = (f"{STRATEGY_LABELS[search]} + weighted vote is more accurate than sampling + weighted vote at the same FLOPs "
             "(i.e. reaches an accuracy with fewer FLOPs)")
     rb = per_problem[(per_problem["strategy"] == search) & (per_problem["metric"] == "rm_weighted_vote")]
     wv = per_problem[(per_problem["strategy"] == "sampling") & (per_problem["metric"] == "rm_weighted_vote")]
     if rb.empty or wv.empty:
-        return Claim(name, "inconclusive", f"needs both {search} and sampling weighted-vote results")
+        return claim(name, "inconclusive", f"needs both {search} and sampling weighted-vote results")
     pids = sorted(set(rb["problem_id"]) & set(wv["problem_id"]))
     wv = wv[wv["problem_id"].isin(pids)]
     vals = wv.pivot(index="problem_id", columns="budget", values="value").loc[pids]
     fl = wv.groupby("budget")["flops"].mean().loc[vals.columns].to_numpy()
-    parts, means, lows, highs = [], [], [], []
+    parts, diffs, ours = [], [], ""
     for width, g in rb[rb["problem_id"].isin(pids)].groupby("budget"):
         g = g.set_index("problem_id").loc[pids]
         x = float(g["flops"].mean())
         at, how = _interp_at(fl, vals.to_numpy(), x)
-        m, lo, hi = _paired(g["value"].to_numpy() - at, n_boot, seed)
-        means.append(m), lows.append(lo), highs.append(hi)
-        parts.append(f"width {width} at {x:.3g} FLOPs: {g['value'].mean():.3f} vs {at.mean():.3f} "
-                     f"({m * 100:+.1f} pts [{lo * 100:+.1f}, {hi * 100:+.1f}], {how})")
+        d = paired_bootstrap(g["value"].to_numpy(), at, n_boot, seed)
+        diffs.append(d)
+        parts.append(f"width {width} at {x:.3g} FLOPs: {g['value'].mean():.3f} vs {at.mean():.3f} ({d.text()}, {how})")
+        ours = (f"width {width}: {STRATEGY_LABELS[search]} {_mean_text(g['value'].to_numpy(), n_boot, seed)} vs "
+                f"sampling {_mean_text(at, n_boot, seed)} at {x:.3g} FLOPs")
     evidence = "; ".join(parts) + f"; n={len(pids)} problems"
-    if all(h < 0 for h in highs) or (all(m < 0 for m in means) and any(h < 0 for h in highs)):
-        return Claim(name, "fails", evidence)
-    if all(m >= 0 for m in means) and any(lo > 0 for lo in lows):
-        return Claim(name, "holds", evidence)
-    return Claim(name, "inconclusive", evidence)
+    numbers = dict(n=len(pids), ours=ours, published=_published(context, "rm_weighted_vote", strategy=search))
+    if all(d.status == "fails" for d in diffs) or (all(d.mean < 0 for d in diffs)
+                                                   and any(d.status == "fails" for d in diffs)):
+        return claim(name, "fails", evidence, **numbers)
+    if all(d.mean >= 0 for d in diffs) and any(d.status == "holds" for d in diffs):
+        return claim(name, "holds", evidence, **numbers)
+    return claim(name, "inconclusive", evidence, **numbers)
 
 
-def claim_saturation(curves_df: pd.DataFrame, ratio: float) -> Claim:
-    """Each multi-budget curve's last two doublings gain less than `ratio` of the two doublings before them."""
-    name = f"Every strategy saturates: the last two doublings of budget gain < {ratio:.0%} of the two before"
+def claim_saturation(curves_df: pd.DataFrame, ratio: float, doublings: int) -> Claim:
+    """Each multi-budget curve's last `doublings` doublings gain less than `ratio` of the `doublings` before them."""
+    name = (f"Every strategy saturates: the last {doublings} doublings of budget gain < {ratio:.0%} of the "
+            f"{doublings} before")
     parts, verdicts = [], []
     for label, g in curves_df[curves_df["strategy"] != "greedy"].groupby("curve", sort=False):
         g = g.sort_values("budget")
         b = list(g["budget"])
         acc = dict(zip(b, g["accuracy"]))
         last = b[-1]
-        mid, first = last // 4, last // 16
+        mid, first = last >> doublings, last >> (2 * doublings)
         if mid not in acc or first not in acc or first < 1:
             parts.append(f"{label}: too few budgets")
             verdicts.append(None)
@@ -205,20 +219,28 @@ def claim_saturation(curves_df: pd.DataFrame, ratio: float) -> Claim:
         parts.append(f"{label}: N {first}→{mid} {early * 100:+.1f} pts, {mid}→{last} {late * 100:+.1f} pts"
                      + (" (within the CI)" if ok is None and early > 0 else ""))
     evidence = "; ".join(parts)
+    numbers = dict(n=int(curves_df["n_problems"].max()) if "n_problems" in curves_df and len(curves_df) else None,
+                   ours="; ".join(p for p in parts if "too few" not in p) or None)
     known = [v for v in verdicts if v is not None]
     if not known:
-        return Claim(name, "inconclusive", evidence + " (no curve tells: flat early on, or a late rise within its CI)")
+        return claim(name, "inconclusive", evidence + " (no curve tells: flat early on, or a late rise within its CI)",
+                     **numbers)
     if all(known) and len(known) == len(verdicts):
-        return Claim(name, "holds", evidence)
+        return claim(name, "holds", evidence, **numbers)
     if not all(known):
-        return Claim(name, "fails", evidence)
-    return Claim(name, "inconclusive", evidence + " (some curves are flat from the start)")
+        return claim(name, "fails", evidence, **numbers)
+    return claim(name, "inconclusive", evidence + " (some curves are flat from the start)", **numbers)
 
 
 def check_claims(per_problem: pd.DataFrame, curves_df: pd.DataFrame, n_boot: int, seed: int, ratio: float,
-                 searches: Sequence[str]) -> list[Claim]:
-    claims = [claim_weighted_vs_majority(per_problem, n_boot, seed)]
+                 searches: Sequence[str], doublings: int | None = None,
+                 context: PublishedContext | None = None) -> list[Claim]:
+    """The paper's claims. doublings: compute_optimal.claims.saturation_doublings (None: the YAML default's);
+    context: the dataset and published models whose numbers each claim shows beside ours."""
+    if doublings is None:
+        doublings = int(OmegaConf.load(DEFAULT_CONFIG).claims.saturation_doublings)
+    claims = [claim_weighted_vs_majority(per_problem, n_boot, seed, context)]
     for s in searches:
-        claims.append(claim_search_beats_sampling(per_problem, n_boot, seed, s))
-    claims.append(claim_saturation(curves_df, ratio))
+        claims.append(claim_search_beats_sampling(per_problem, n_boot, seed, s, context))
+    claims.append(claim_saturation(curves_df, ratio, doublings))
     return claims

@@ -142,16 +142,14 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
                                               "vs reused from the sample store (cumulative over the searches).")
 
     rep.heading("Beside the paper (published numbers are the paper's, for its models)")
-    try:
-        side = _published(cur, exp.problems.problems[0].dataset, model, list(co.published.models))
-    except Exception as err:  # noqa: BLE001 - a missing or malformed published file must not lose the run
-        side = pd.DataFrame()
-        rep.text(f"Published numbers unavailable: {err}")
+    side = _published(cur, exp.problems.problems[0].dataset, model, list(co.published.models))
     if len(side):
         rep.table(_side_view(side), "Published (the paper's models, labelled by model, with source) beside the regenerated "
                               "number at the same strategy and budget (this run, this model; value = accuracy). Empty "
                               "regenerated cells: that budget was not run here.")
         run.save_csv("published_side_by_side.csv", side)
+    else:
+        rep.text("No published numbers for this dataset in results/published/compute_optimal.yaml.")
 
     rep.finish(claims, run.timings, run.draws)
     return rep.write(run.path("report.md"))

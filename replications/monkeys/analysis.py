@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import sampling_params
 from harness.grading.graded import per_problem
-from harness.selection.metrics import coverage_curve, pass_at_k, selection_curve
 from harness.pipeline.experiment import Experiment, prompt_from_cfg
-from harness.reporting.report import Claim
+from harness.reporting.published import claim, published_text
+from harness.reporting.report import Claim, format_estimate
+from harness.selection.metrics import canonical_method, coverage_curve, k_grid, pass_at_k, selection_curve
 from harness.selection.scaling_fit import FitResult, fit_exponentiated_power_law, predict
 
 
@@ -26,14 +27,22 @@ class MonkeysResults:
     selection: pd.DataFrame  # method, k, value, ci_low, ci_high, n_problems
     per_problem: pd.DataFrame  # problem_id, n, c, level/subject when known
     greedy: dict[str, Any] = field(default_factory=dict)
+    # Coverage under each grading verdict (strict, lenient) when the graded samples carry both; else empty.
+    coverage_by_verdict: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def k_grid(n: int, ks: list[int] | None = None) -> list[int]:
-    """Powers of two up to n, and n itself (the x axis of the paper's coverage plots)."""
-    if ks:
-        return sorted({int(k) for k in ks if 1 <= int(k) <= n})
-    grid = [2**i for i in range(int(np.log2(n)) + 1)]
-    return sorted(set(grid + [n]))
+VERDICTS = ("strict", "lenient")
+
+
+def verdict_counts(graded: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
+    """Per verdict, (n, c) per problem (problems sorted by id, as `per_problem`), from the `correct_<verdict>`
+    columns the grader writes beside `correct`; empty when they are not there."""
+    columns = [f"correct_{v}" for v in VERDICTS]
+    if not set(columns) <= set(graded.columns):
+        return {}
+    by_problem = graded.groupby("problem_id", sort=True)
+    sizes = by_problem.size()
+    return {v: list(zip(sizes.astype(int), by_problem[f"correct_{v}"].sum().astype(int))) for v in VERDICTS}
 
 
 def fit_points(counts: list[tuple[int, int]], n: int, num_points: int, min_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +93,13 @@ def analyse(graded: pd.DataFrame, cfg: DictConfig) -> MonkeysResults:
         curves.append(curve.assign(method=method))
     selection = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     table = pd.DataFrame([{"problem_id": r["problem_id"], "n": r["n"], "c": r["c"]} for r in records])
-    return MonkeysResults(n, len(records), coverage, fit, fit_error, selection, table)
+    by_verdict = {}
+    for verdict, verdict_counts_ in verdict_counts(graded).items():
+        table[f"c_{verdict}"] = [c for _, c in verdict_counts_]
+        by_verdict[verdict] = coverage_curve(verdict_counts_, ks, n_boot=paper.bootstrap.num_resamples,
+                                             seed=paper.bootstrap.seed)
+    return MonkeysResults(n, len(records), coverage, fit, fit_error, selection, table,
+                          coverage_by_verdict=by_verdict)
 
 
 def greedy_baselines(exp: Experiment, cfg: DictConfig) -> dict[str, Any]:
@@ -130,51 +145,74 @@ def _at(df: pd.DataFrame, k: int, col: str = "coverage") -> pd.Series:
     return df.loc[df["k"] == k].iloc[0]
 
 
+# How results/published/monkeys.yaml spells each selection method.
+PUBLISHED_METRIC = {"pass@k": "coverage", "majority": "majority_vote", "weighted_vote": "rm_weighted_vote",
+                    "best_of_k": "rm_best_of_n"}
+
+
+def _published_coverage(cfg: DictConfig, method: str = "coverage") -> str | None:
+    models = list(cfg.monkeys.published.models)
+    dataset = OmegaConf.select(cfg, "dataset.name")
+    metric = PUBLISHED_METRIC[canonical_method(method)]
+    return published_text("monkeys", metric, dataset, models) if dataset else None
+
+
 def check_claims(res: MonkeysResults, cfg: DictConfig) -> list[Claim]:
+    thresholds = cfg.monkeys.claims
     claims = []
     cov = res.coverage
     k1, kmax = int(cov["k"].min()), int(cov["k"].max())
     first, last = _at(cov, k1), _at(cov, kmax)
+    n = res.n_problems
     name = f"Coverage rises with the number of samples (k={k1} -> k={kmax})"
+    ours = (f"coverage@{k1} {format_estimate(first.coverage, first.ci_low, first.ci_high, n)} -> "
+            f"coverage@{kmax} {format_estimate(last.coverage, last.ci_low, last.ci_high, n)}")
+    numbers = dict(n=n, ours=ours, published=_published_coverage(cfg))
     evidence = (f"coverage {first.coverage:.3f} [{first.ci_low:.3f}, {first.ci_high:.3f}] -> "
-                f"{last.coverage:.3f} [{last.ci_low:.3f}, {last.ci_high:.3f}], n={res.n_problems} problems")
+                f"{last.coverage:.3f} [{last.ci_low:.3f}, {last.ci_high:.3f}], n={n} problems")
     if last.coverage == 0:
-        claims.append(Claim(name, "inconclusive", evidence + " (no problem solved at any k)"))
+        claims.append(claim(name, "inconclusive", evidence + " (no problem solved at any k)", **numbers))
     elif last.ci_low > first.ci_high:
-        claims.append(Claim(name, "holds", evidence))
+        claims.append(claim(name, "holds", evidence, **numbers))
     elif last.coverage <= first.coverage:
-        claims.append(Claim(name, "fails", evidence))
+        claims.append(claim(name, "fails", evidence, **numbers))
     else:
-        claims.append(Claim(name, "inconclusive", evidence + " (CIs overlap)"))
+        claims.append(claim(name, "inconclusive", evidence + " (CIs overlap)", **numbers))
 
     name = "Coverage follows an exponentiated power law, log C ≈ a·k^b"
     if res.fit is None:
-        claims.append(Claim(name, "inconclusive", f"no fit: {res.fit_error}"))
+        claims.append(claim(name, "inconclusive", f"no fit: {res.fit_error}", n=n))
     else:
         f = res.fit
-        evidence = f"a={f.a:.3f}, b={f.b:.3f}, R² (log coverage)={f.r2_log:.3f} on {f.n_points} points"
-        status = "holds" if f.r2_log >= 0.95 else "fails" if f.r2_log < 0.8 else "inconclusive"
-        claims.append(Claim(name, status, evidence))
+        evidence = (f"a={f.a:.3f}, b={f.b:.3f}, R² (log coverage)={f.r2_log:.3f} on {f.n_points} points "
+                    f"(holds at R² >= {thresholds.fit_r2_holds}, fails below {thresholds.fit_r2_fails})")
+        status = ("holds" if f.r2_log >= thresholds.fit_r2_holds
+                  else "fails" if f.r2_log < thresholds.fit_r2_fails else "inconclusive")
+        claims.append(claim(name, status, evidence, n=n, ours=f"R² = {f.r2_log:.3f} (a={f.a:.3f}, b={f.b:.3f})"))
 
     sel = res.selection
+    window = int(thresholds.saturation_window)
     for method, g in sel.groupby("method", sort=False) if len(sel) else []:
-        k_quarter = max(k for k in g["k"] if k <= max(1, kmax // 4))
-        s_last, s_q = _at(g, kmax), _at(g, k_quarter)
-        c_q = _at(cov, k_quarter)
-        gain_sel = s_last.value - s_q.value
-        gain_cov = last.coverage - c_q.coverage
-        name = f"{method} saturates while coverage keeps rising (k={k_quarter} -> {kmax})"
-        evidence = (f"{method} {s_q.value:.3f} -> {s_last.value:.3f} (+{gain_sel:.3f}); coverage "
-                    f"{c_q.coverage:.3f} -> {last.coverage:.3f} (+{gain_cov:.3f}); at k={kmax}: coverage "
+        k_from = max(k for k in g["k"] if k <= max(1, kmax // window))
+        s_last, s_from = _at(g, kmax), _at(g, k_from)
+        c_from = _at(cov, k_from)
+        gain_sel = s_last.value - s_from.value
+        gain_cov = last.coverage - c_from.coverage
+        name = f"{method} saturates while coverage keeps rising (k={k_from} -> {kmax})"
+        evidence = (f"{method} {s_from.value:.3f} -> {s_last.value:.3f} (+{gain_sel:.3f}); coverage "
+                    f"{c_from.coverage:.3f} -> {last.coverage:.3f} (+{gain_cov:.3f}); at k={kmax}: coverage "
                     f"[{last.ci_low:.3f}, {last.ci_high:.3f}] vs {method} [{s_last.ci_low:.3f}, {s_last.ci_high:.3f}]")
+        numbers = dict(n=n, ours=f"at k={kmax}: {method} {format_estimate(s_last.value, s_last.ci_low, s_last.ci_high, n)}"
+                                 f" vs coverage {format_estimate(last.coverage, last.ci_low, last.ci_high, n)}",
+                       published=_published_coverage(cfg, method))
         if last.coverage == 0:
-            claims.append(Claim(name, "inconclusive", evidence + " (no problem solved at any k)"))
+            claims.append(claim(name, "inconclusive", evidence + " (no problem solved at any k)", **numbers))
         elif last.ci_low > s_last.ci_high and gain_cov > gain_sel:
-            claims.append(Claim(name, "holds", evidence))
+            claims.append(claim(name, "holds", evidence, **numbers))
         elif s_last.value >= last.coverage:
-            claims.append(Claim(name, "fails", evidence))
+            claims.append(claim(name, "fails", evidence, **numbers))
         else:
-            claims.append(Claim(name, "inconclusive", evidence))
+            claims.append(claim(name, "inconclusive", evidence, **numbers))
     return claims
 
 

@@ -23,9 +23,16 @@ def _figures(run: Run, res: MonkeysResults, title: str) -> list[tuple[Path, str]
     if res.fit is not None:
         overlays.append((fitted_curve(res.fit, res.n_samples),
                          f"fit exp({res.fit.a:.2f}·k^{res.fit.b:.2f})"))
-    cov = curve_plot(res.coverage, "k", "coverage", run.path("coverage.png"), overlays=overlays,
-                     title=f"Coverage vs samples: {title}", xlabel="samples per problem k",
-                     ylabel="coverage (pass@k)")
+    if res.coverage_by_verdict:  # strict and lenient grading side by side
+        by_verdict = pd.concat([c.assign(verdict=f"{v} grading") for v, c in res.coverage_by_verdict.items()],
+                               ignore_index=True)
+        cov = curve_plot(by_verdict, "k", "coverage", run.path("coverage.png"), group="verdict", overlays=overlays,
+                         title=f"Coverage vs samples: {title}", xlabel="samples per problem k",
+                         ylabel="coverage (pass@k)")
+    else:
+        cov = curve_plot(res.coverage, "k", "coverage", run.path("coverage.png"), overlays=overlays,
+                         title=f"Coverage vs samples: {title}", xlabel="samples per problem k",
+                         ylabel="coverage (pass@k)")
     curves = [res.coverage.rename(columns={"coverage": "value"}).assign(method="coverage (pass@k)")]
     if len(res.selection):
         curves += [g.assign(method=METRIC_LABELS.get(m, m)) for m, g in res.selection.groupby("method", sort=False)]
@@ -35,6 +42,20 @@ def _figures(run: Run, res: MonkeysResults, title: str) -> list[tuple[Path, str]
                      ylabel="fraction of problems solved")
     return [(cov, "Coverage (pass@k) vs k with the exponentiated power-law fit; band: bootstrap 95% CI over problems"),
             (sel, "Coverage vs majority vote (and reward-model selection when configured): selection saturates")]
+
+
+def _estimates(curve: pd.DataFrame, column: str) -> list[str]:
+    return [format_estimate(getattr(r, column), r.ci_low, r.ci_high, int(r.n_problems)) for r in curve.itertuples()]
+
+
+def coverage_frame(res: MonkeysResults) -> pd.DataFrame:
+    """coverage.csv: the configured grading's coverage, and beside it each verdict's (coverage_strict, ...)."""
+    out = res.coverage.copy()
+    for verdict, curve in res.coverage_by_verdict.items():
+        out = out.merge(curve[["k", "coverage", "ci_low", "ci_high"]].rename(columns={
+            "coverage": f"coverage_{verdict}", "ci_low": f"ci_low_{verdict}", "ci_high": f"ci_high_{verdict}"}),
+            on="k", how="left")
+    return out
 
 
 def _published(res: MonkeysResults, dataset: str, our_model: str, models: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,13 +96,14 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, res: MonkeysResults, clai
 
     rep.heading("Coverage and selection vs k")
     table = res.coverage[["k"]].copy()
-    table["coverage (pass@k)"] = [format_estimate(r.coverage, r.ci_low, r.ci_high, int(r.n_problems))
-                                  for r in res.coverage.itertuples()]
+    table["coverage (pass@k)"] = _estimates(res.coverage, "coverage")
+    for verdict, curve in res.coverage_by_verdict.items():
+        table[f"coverage, {verdict} grading"] = _estimates(curve, "coverage")
     for method, g in res.selection.groupby("method", sort=False) if len(res.selection) else []:
-        table[METRIC_LABELS.get(method, method)] = [format_estimate(r.value, r.ci_low, r.ci_high, int(r.n_problems))
-                                                    for r in g.itertuples()]
-    rep.table(table)
-    run.save_csv("coverage.csv", res.coverage)
+        table[METRIC_LABELS.get(method, method)] = _estimates(g, "value")
+    rep.table(table, "coverage (pass@k): the configured grading; strict / lenient columns, when present, grade the "
+                     "same samples both ways" if res.coverage_by_verdict else None)
+    run.save_csv("coverage.csv", coverage_frame(res))
     run.save_csv("selection.csv", res.selection)
     run.save_csv("per_problem.csv", res.per_problem)
 

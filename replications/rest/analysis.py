@@ -8,8 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.selection.metrics import bootstrap_ci, expected_majority_vote, pass_at_k
+from harness.reporting.published import claim, published_text
 from harness.reporting.report import Claim, format_estimate
+from harness.selection.metrics import bootstrap_ci, paired_bootstrap, per_problem_values
 
 
 @dataclass
@@ -30,11 +31,9 @@ def scores(ev: dict, problem_ids: Sequence[str], ks: Sequence[int], seed: int = 
     if "samples" in ev:
         by_id = {r["problem_id"]: r for r in ev["samples"]}
         recs = [by_id[pid] for pid in problem_ids]
-        for k in ks:
-            pass_at[k] = np.array([pass_at_k(r["n"], r["c"], k) for r in recs])
-            maj_at[k] = np.array(
-                [expected_majority_vote(r["answers"], r["correct"], k, rng_or_seed=[seed, i, k]) for i, r in enumerate(recs)]
-            )
+        for method, table in (("pass@k", pass_at), ("majority", maj_at)):
+            values = per_problem_values(recs, list(ks), method, seed=seed)
+            table.update({k: values[:, j] for j, k in enumerate(ks)})
     return Scores(greedy, pass_at, maj_at, len(problem_ids))
 
 
@@ -98,10 +97,9 @@ def _policy_label(ref: dict) -> str:
 # ---- claims -------------------------------------------------------------------------------------
 
 
-def _verdict(diff: np.ndarray, n_boot: int, seed: int) -> tuple[str, str]:
-    mean, lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-    status = "holds" if lo > 0 else "fails" if hi < 0 else "inconclusive"
-    return status, f"{mean * 100:+.1f} points [{lo * 100:+.1f}, {hi * 100:+.1f}] (paired bootstrap, n={len(diff)})"
+def _verdict(gain: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int) -> tuple[str, str]:
+    d = paired_bootstrap(gain, baseline, n_boot=n_boot, seed=seed)
+    return d.status, d.text()
 
 
 def _headline(sc: Scores) -> tuple[str, np.ndarray | None]:
@@ -112,35 +110,61 @@ def _headline(sc: Scores) -> tuple[str, np.ndarray | None]:
     return "none", None
 
 
-def check_claims(per_iter: dict[int, Scores], ks: Sequence[int], n_boot: int, seed: int) -> list[Claim]:
+@dataclass(frozen=True)
+class PublishedContext:
+    """The published models whose ReST-EM numbers each claim shows beside ours (every dataset: the paper's is MATH)."""
+
+    models: tuple[str, ...] = ()
+
+    def text(self, metric: str, **setting) -> str | None:
+        return published_text("rest", metric, None, self.models, **setting)
+
+
+def _ours(label: str, values: dict[str, np.ndarray], n_boot: int, seed: int) -> str:
+    return f"{label}: " + " -> ".join(f"{name} {format_estimate(*bootstrap_ci(v, n_boot=n_boot, seed=seed), len(v))}"
+                                      for name, v in values.items())
+
+
+def check_claims(per_iter: dict[int, Scores], ks: Sequence[int], n_boot: int, seed: int,
+                 context: PublishedContext | None = None) -> list[Claim]:
     claims = []
     last = max(per_iter)
     name, base = _headline(per_iter[0])
     _, first = _headline(per_iter.get(1, per_iter[0]))
+    published = (lambda metric, **setting: context.text(metric, **setting)) if context else (lambda *a, **k: None)
+    n = per_iter[0].n_problems
     if base is not None and 1 in per_iter:
-        status, ev = _verdict(first - base, n_boot, seed)
-        claims.append(Claim("Iteration 1 improves test accuracy over the base model", status, f"{name} change: {ev}"))
+        status, ev = _verdict(first, base, n_boot, seed)
+        claims.append(claim("Iteration 1 improves test accuracy over the base model", status, f"{name} change: {ev}",
+                            n=n, ours=_ours(name, {"base": base, "iteration 1": first}, n_boot, seed),
+                            published=published("pass_at_1", iteration=1)))
     if base is not None and last >= 2:
         _, final = _headline(per_iter[last])
         # The gain of iterations 2..I over iteration 1 is smaller than iteration 1's own gain (or negative: overfitting).
-        status, ev = _verdict((first - base) - (final - first), n_boot, seed)
-        claims.append(Claim(
+        status, ev = _verdict(first - base, final - first, n_boot, seed)
+        claims.append(claim(
             "Later iterations improve less than the first (or overfit)", status,
-            f"(gain of iteration 1) - (gain of iterations 2..{last}) in {name}: {ev}",
+            f"(gain of iteration 1) - (gain of iterations 2..{last}) in {name}: {ev}", n=n,
+            ours=_ours(name, {"base": base, "iteration 1": first, f"iteration {last}": final}, n_boot, seed),
+            published=published("pass_at_1", iteration=last),
         ))
     else:
-        claims.append(Claim("Later iterations improve less than the first (or overfit)", "inconclusive",
-                            "needs at least 2 iterations"))
+        claims.append(claim("Later iterations improve less than the first (or overfit)", "inconclusive",
+                            "needs at least 2 iterations", n=n))
     kmax = max((k for k in ks if k in per_iter[0].pass_at), default=None)
     if kmax is not None and kmax in per_iter[last].pass_at and last >= 1:
-        status, ev = _verdict(per_iter[last].pass_at[kmax] - per_iter[0].pass_at[kmax], n_boot, seed)
-        claims.append(Claim(f"pass@{kmax} (best-of-{kmax} with a verifier) still gains after ReST", status,
-                            f"pass@{kmax} change, iteration {last} vs base: {ev}"))
-        status, ev = _verdict(per_iter[last].maj_at[kmax] - per_iter[0].maj_at[kmax], n_boot, seed)
-        claims.append(Claim(f"Majority voting (maj@{kmax}) gains after ReST", status,
-                            f"maj@{kmax} change, iteration {last} vs base: {ev}"))
+        for label, table, metric, setting in ((f"pass@{kmax}", "pass_at", None, {}),
+                                               (f"maj@{kmax}", "maj_at", "majority_vote", {"k": kmax})):
+            after, before = getattr(per_iter[last], table)[kmax], getattr(per_iter[0], table)[kmax]
+            status, ev = _verdict(after, before, n_boot, seed)
+            title = (f"pass@{kmax} (best-of-{kmax} with a verifier) still gains after ReST" if table == "pass_at"
+                     else f"Majority voting (maj@{kmax}) gains after ReST")
+            claims.append(claim(title, status, f"{label} change, iteration {last} vs base: {ev}", n=n,
+                                ours=_ours(label, {"base": before, f"iteration {last}": after}, n_boot, seed),
+                                published=published(metric, **setting) if metric else None))
     else:
-        claims.append(Claim("pass@k still gains after ReST", "inconclusive", "no sampled evaluation (rest.eval.samples=0)"))
+        claims.append(claim("pass@k still gains after ReST", "inconclusive", "no sampled evaluation (rest.eval.samples=0)",
+                            n=n))
     return claims
 
 

@@ -38,27 +38,41 @@ def minerva():
 
 
 @pytest.mark.parametrize(
-    "response, expected",
+    "response, strict, lenient",
     [
-        ("She makes 9 * 2 = 18 dollars.\n#### 1,234", "1234"),
-        ("#### 18\nQuestion: next one #### 3", "18"),  # the first "####", as the Monkeys repo
-        ("The answer is $18.", "18"),
-        ("so the final answer is: 42.5 apples", "42.5"),
-        (r"Total: 3 + 4. So \boxed{18}", "18"),
-        (r"\boxed{\$1,000}", "1000"),
-        (r"\boxed{\frac{3}{4}}", "3/4"),
-        ("He had 3 apples, then 5, and finally 12 remain.", "12"),
-        ("The temperature fell to -7 degrees", "-7"),
-        ("#### -3.25", "-3.25"),
-        ("10-4 = 6", "6"),
-        ("It costs .5 dollars", ".5"),
-        ("no digits at all", None),
-        ("", None),
-        ("   ", None),
+        ("She makes 9 * 2 = 18 dollars.\n#### 1,234", "1234", "1234"),
+        ("#### 18\nQuestion: next one #### 3", "18", "18"),  # the first "####", as the Monkeys repo
+        ("The answer is $18.", "18", "18"),
+        ("so the final answer is: 42.5 apples", "42.5", "42.5"),
+        ("The answer is: 36", "36", "36"),  # what SmolLM2-135M writes
+        (r"Total: 3 + 4. So \boxed{18}", "18", "18"),
+        (r"\boxed{\$1,000}", "1000", "1000"),
+        (r"\boxed{\frac{3}{4}}", "3/4", "3/4"),
+        (r"\boxed{14{,}916}", "14916", "14916"),
+        (r"\boxed{\$16,\!386.20}", "16386.20", "16386.20"),
+        (r"\boxed{\frac13}", "1/3", "1/3"),
+        (r"\boxed{18 \text{ dollars}}", "18", "18"),
+        (r"\boxed{x = 18}", "18", "18"),
+        ("He had 3 apples, then 5, and finally 12 remain.", None, "12"),
+        ("The temperature fell to -7 degrees", None, "-7"),
+        ("#### -3.25", "-3.25", "-3.25"),
+        ("10-4 = 6", None, "6"),
+        ("It costs .5 dollars", None, ".5"),
+        # a number inside an expression is never the answer
+        (r"\boxed{10^{10^{10}}}", None, None),
+        ("answer: 9**9**9**9**9", None, None),
+        (r"so \boxed{\frac{1+\sqrt{5}}{2}}", None, None),
+        ("the total is 5 + 3", None, None),
+        ("it is 2^{10}", None, None),
+        (r"\boxed{k = 45} and \boxed{n = 2}", None, None),
+        ("no digits at all", None, None),
+        ("", None, None),
+        ("   ", None, None),
     ],
 )
-def test_gsm8k_extraction(response, expected):
-    assert extract_answer(response, "gsm8k") == expected
+def test_gsm8k_extraction(response, strict, lenient):
+    assert extract_answer(response, "gsm8k", "strict") == strict
+    assert extract_answer(response, "gsm8k", "lenient") == lenient
 
 
 @pytest.mark.parametrize(
@@ -67,8 +81,13 @@ def test_gsm8k_extraction(response, expected):
         ("#### 1,234", "1234", True),
         ("The answer is $18.", "18", True),
         (r"\boxed{18}", "18", True),
-        ("so it is 18.00", "18", True),
-        ("we get 17 then 18", "18", True),  # last-number fallback
+        ("so it is 18.00", "18", False),  # strict: a last number is not a stated answer
+        ("we get 17 then 18", "18", False),
+        (r"\boxed{10^{10^{10}}}", "10", False),  # was graded equal to 10
+        ("answer: 9**9**9**9**9", "9", False),  # was graded equal to 9
+        (r"\boxed{\frac{1+\sqrt{5}}{2}}", "2", False),  # was graded equal to 2
+        (r"\boxed{14{,}916}", "14916", True),  # was read as 916
+        (r"\boxed{\$16,\!386.20}", "16386.2", True),  # was read as 386.20
         ("#### -5", "-5", True),
         ("#### 5", "-5", False),
         ("#### 0.75", "3/4", True),
@@ -89,11 +108,26 @@ def test_gsm8k_grader_statuses_without_workers():
     with Grader("gsm8k") as g:
         results = g.grade_many(["#### 18", "nothing", "#### 17"], ["18", "18", "18"])
         assert g._pool is None  # cheap GSM8K grading never starts a worker
-    assert results == [
-        GradeResult(True, "18", "ok"),
-        GradeResult(False, None, "no_answer"),
-        GradeResult(False, "17", "ok"),
+    assert [(r.correct, r.extracted, r.status, r.answered) for r in results] == [
+        (True, "18", "ok", True),
+        (False, None, "no_answer", False),
+        (False, "17", "ok", True),
     ]
+
+
+def test_every_sample_gets_both_verdicts_and_a_cut_off_one_is_not_answered():
+    responses = ["So 9 + 9 = 18", "The answer is 18.", "The answer is 18.", "The answer is 17.", r"\boxed{2^{10}}"]
+    finish = ["eos", "eos", "length", "eos", "eos"]
+    for mode in ("strict", "lenient"):
+        with Grader("gsm8k", mode=mode) as g:
+            results = g.grade_many(responses, ["18"] * 5, finish)
+        assert [r.correct_strict for r in results] == [False, True, False, False, False]
+        assert [r.correct_lenient for r in results] == [True, True, True, False, False]
+        assert [r.answered for r in results] == [False, True, False, True, True]
+        assert [r.correct for r in results] == [getattr(r, f"correct_{mode}") for r in results]
+    assert results[2].status_strict == "truncated" and results[2].status_lenient == "ok"
+    with pytest.raises(ConfigError, match="grader.mode"):
+        Grader("gsm8k", mode="loose")
 
 
 def test_gsm8k_reference_may_be_a_full_solution():
@@ -136,7 +170,10 @@ def test_vote_keys_keep_different_answers_apart():
         (r"\boxed{}", None),
         (MINERVA.format(r"-\frac{2}{3}"), r"-\frac{2}{3}"),
         ("Final Answer: The final answer is $24$", "24"),  # a cut-off line counts, as in lm-eval
-        ("The answer is 5", None),
+        ("The answer is 5", "5"),  # a stated answer, whatever the phrase
+        (r"\boxed{1} and \boxed{2} and \boxed{3}", "1, 2, 3"),  # several boxes are one answer
+        (r"first \boxed{3}. Checking again, the final answer is 10,455.", "10,455"),  # a later statement wins
+        ("Let me answer this: 3 apples", None),
         ("", None),
         ("}}}{{{" * 1000, None),
     ],
@@ -206,7 +243,9 @@ def test_math_verify_wrong_answers(mv):
 
 @pytest.mark.parametrize("response", ["", "   ", "no answer here", r"\boxed{5", r"\boxed{}", "}}}{{{\\boxed{{}", None])
 def test_math_malformed_responses_have_no_answer(mv, response):
-    assert mv.grade(response, "5") == GradeResult(False, None, "no_answer")
+    result = mv.grade(response, "5")
+    assert (result.correct, result.extracted, result.status, result.answered) == (False, None, "no_answer", False)
+    assert not result.correct_lenient
 
 
 def test_math_very_long_response(mv):
@@ -223,12 +262,13 @@ def test_adversarial_power_tower_times_out_and_counts_wrong():
     # Unprotected, math-verify never returns on this (its own timeout only works on a main thread).
     with Grader("math", timeout=1.0, workers=1) as g:
         tower, fine = g.grade_many([r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{5}"], ["5", "5"])
-    assert tower == GradeResult(False, "9^{9^{9^{9^{9}}}}", "timeout")
+    assert (tower.correct, tower.extracted, tower.status, tower.settled) == (False, "9^{9^{9^{9^{9}}}}", "timeout", False)
     assert fine.correct
 
 
 def test_unreadable_reference_is_an_error_not_a_silent_wrong(mv):
-    assert mv.grade(r"\boxed{5}", "") == GradeResult(False, "5", "error")
+    result = mv.grade(r"\boxed{5}", "")
+    assert (result.correct, result.extracted, result.status) == (False, "5", "error")
 
 
 def test_identical_answers_are_graded_once(mv):
@@ -243,11 +283,11 @@ import json, os, sys, time
 print(json.dumps({"kind": "ready"}), flush=True)
 for line in sys.stdin:
     task = json.loads(line)
-    if task["extracted"] == "hang":
+    if task["answer"] == "hang":
         time.sleep(3600)  # no in-worker alarm here: only the parent's kill ends it
-    if task["extracted"] == "crash":
+    if task["answer"] == "crash":
         os._exit(3)
-    ok = task["extracted"] == task["reference"]
+    ok = task["answer"] == task["reference"]
     print(json.dumps({"kind": "done", "id": task["id"], "correct": ok, "status": "ok"}), flush=True)
 """
 
@@ -328,7 +368,119 @@ def test_find_disagreements_checks_lengths():
 @pytest.mark.parametrize("name", ["math_verify", "minerva"])
 def test_grader_configs(name):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    assert set(cfg) == {"method", "timeout", "workers", "compare_with"}
-    assert cfg.method == name
+    assert set(cfg) == {"method", "timeout", "workers", "mode", "compare_with"}
+    assert cfg.method == name and cfg.mode == "strict"
     assert cfg.compare_with in (None, *[m for m in METHODS if m != name])
-    Grader("math", method=cfg.method, timeout=cfg.timeout, workers=cfg.workers).close()
+    Grader("math", method=cfg.method, timeout=cfg.timeout, workers=cfg.workers, mode=cfg.mode).close()
+
+
+# ---- graded samples cached beside the store: keyed by grader version, timeout; unsettled verdicts never kept --
+
+
+def _store_entry(tmp_path):
+    from harness.sampling.base import SamplingParams
+    from harness.store.samples import SampleStore
+
+    return SampleStore(tmp_path).entry("m@x", "sha", "p", "fp", SamplingParams())
+
+
+def _math_samples():
+    import pandas as pd
+
+    from harness.data.problems import Problem
+
+    problems = [Problem("q0", "question", "5", "", "math", {})]
+    samples = pd.DataFrame([
+        {"problem_id": "q0", "index": 0, "text": r"The answer is $\boxed{5}$.", "finish_reason": "eos"},
+        {"problem_id": "q0", "index": 1, "text": r"so $\boxed{4}$ and more", "finish_reason": "length"},
+        {"problem_id": "q0", "index": 2, "text": r"\boxed{hang}", "finish_reason": "eos"},
+    ])
+    return problems, samples
+
+
+def test_graded_frames_carry_both_verdicts(tmp_path):
+    from harness.grading.graded import grade_samples
+
+    problems, samples = _math_samples()
+    graded = grade_samples(_store_entry(tmp_path), samples.iloc[:2], problems, workers=1)
+    assert list(graded["correct"]) == [True, False]
+    assert list(graded["answered"]) == [True, False]  # the cut-off one stated no final answer
+    assert list(graded["correct_lenient"]) == [True, False] and list(graded["correct_strict"]) == [True, False]
+    assert list(graded["extracted"]) == ["5", "4"]
+    with pytest.raises(ConfigError, match="grader.mode"):
+        grade_samples(_store_entry(tmp_path), samples, problems, mode="any")
+
+
+def test_timeouts_are_never_cached_and_version_or_timeout_regrade(tmp_path, monkeypatch):
+    import harness.grading.graded as graded_module
+    from harness.grading.graded import grade_samples, grades_sidecar
+
+    monkeypatch.setattr(grading, "_worker_command", lambda method: [sys.executable, "-c", FAKE_WORKER])
+    monkeypatch.setattr(grading, "KILL_GRACE_S", 0.2)
+    problems, samples = _math_samples()
+    entry = _store_entry(tmp_path)
+    first = grade_samples(entry, samples, problems, timeout=1.0, workers=1)
+    assert list(first["status"]) == ["ok", "truncated", "timeout"]
+    assert first.attrs["unsettled"] == {"timeout": 1, "error": 0}  # samples, not verdicts
+    stored = entry.read_sidecars(grades_sidecar("math", "math_verify", 1.0))
+    assert sorted(r["index"] for r in stored) == [0, 1]  # the timeout is not a verdict
+
+    calls = []
+    real = graded_module.Grader.grade_many
+    monkeypatch.setattr(graded_module.Grader, "grade_many",
+                        lambda self, texts, *a, **k: calls.append(len(texts)) or real(self, texts, *a, **k))
+    grade_samples(entry, samples, problems, timeout=1.0, workers=1)
+    assert calls == [1]  # only the timed-out sample is graded again
+    grade_samples(entry, samples, problems, timeout=1.5, workers=1)
+    assert calls == [1, 3]  # another timeout: another sidecar
+    monkeypatch.setattr(graded_module, "grader_version", lambda method: "extract-999+math-verify-0")
+    grade_samples(entry, samples, problems, timeout=1.5, workers=1)
+    assert calls == [1, 3, 3]  # another grader version: graded again
+    assert grades_sidecar("math", "math_verify", 1.0) != grades_sidecar("math", "math_verify", 1.5)
+
+
+def test_grader_cache_forgets_timeouts(monkeypatch):
+    monkeypatch.setattr(grading, "_worker_command", lambda method: [sys.executable, "-c", FAKE_WORKER])
+    monkeypatch.setattr(grading, "KILL_GRACE_S", 0.2)
+    with Grader("math", timeout=1.0, workers=1) as g:
+        assert g.grade(r"\boxed{hang}", "x").status == "timeout"
+        assert not g._cache  # a later call grades it again instead of repeating the timeout
+
+
+# ---- the peer suite: Math-Verify's and hendrycks/math's own equivalence tests --------------------------------
+
+PEER_CASES = Path(__file__).resolve().parent / "fixtures" / "grading" / "peer_cases.jsonl"
+
+
+@pytest.mark.slow  # ~50 s on 2 busy cores: math-verify is called directly on every case, then our grader
+def test_peer_suite_agreement_at_least_math_verify_direct(capsys):
+    import json
+    import logging
+
+    from math_verify import parse, verify
+
+    cases = [json.loads(line) for line in PEER_CASES.read_text().splitlines() if line.strip()]
+    assert len(cases) == 271
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    direct = sum(bool(verify(parse(c["gold"]), parse(c["response"]))) == c["expected"] for c in cases)
+    with Grader("math", timeout=10.0, workers=2) as g:
+        results = g.grade_many([c["response"] for c in cases], [c["gold"] for c in cases])
+    ours = sum(r.correct == c["expected"] for r, c in zip(results, cases))
+    with capsys.disabled():
+        print(f"\npeer suite (n={len(cases)}): ours {ours}, math-verify direct {direct}")
+    assert ours >= direct
+    assert ours >= 240
+
+
+PEER_LOSSES = [  # cases the old grader (last \boxed{} only, content re-wrapped in $...$) got wrong
+    (r"... The answer is $\boxed{\boxed{1}\boxed{2}}$", r"$\boxed{1}\boxed{2}$", False),
+    (r"so \boxed{1} and \boxed{2} and \boxed{3}.", r"\{1,2,3\}", True),
+    (r"so \boxed{k = 45} and \boxed{n = 2}", r"$k = 45, n = 2$", True),
+    (r"we try \boxed{3}. Checking again, the final answer is 10,455.", "10455", True),
+    (r"The answer is $\boxed{1,2}$", r"$\boxed{1}\boxed{2}$", True),
+]
+
+
+def test_peer_suite_losses_of_the_old_grader(mv):
+    results = mv.grade_many([r for r, _, _ in PEER_LOSSES[1:]], [g for _, g, _ in PEER_LOSSES[1:]])
+    assert [r.correct for r in results] == [e for _, _, e in PEER_LOSSES[1:]]

@@ -193,3 +193,48 @@ def test_sequence_classifier_orm_scores_whole_solutions(tiny, tmp_path):
         load_reward_model({"name": "x", "kind": "sequence_classifier", "level": "prm", "path": str(folder)})
     with pytest.raises(ConfigError, match="cannot load"):
         load_reward_model({"name": "x", "kind": "causal_lm_prm", "path": str(tmp_path / "missing")})
+
+
+# ---- identity: cached scores are keyed by weights + config ------------------------------------------------
+
+
+def test_embedded_identity_follows_the_head_not_the_folder(tiny, tmp_path):
+    import pandas as pd
+
+    from harness.data.problems import Problem
+    from harness.grading.graded import reward_scores
+    from harness.sampling.base import SamplingParams
+    from harness.store.samples import SampleStore
+
+    graded, questions = _fixture(num_problems=6, per_problem=4)
+    sols = labelled_solutions(graded, questions, "\n\n")
+    outcome_step_labels(sols)
+    first = train_embedded_rm(_rm_config(), TruncatedBackbone(tiny, 2), sols, TrainingConfig(folds=2, C=1.0)).full
+    again = EmbeddedHeadRM.load(first.save(tmp_path / "a"), loaded_backbone=tiny)
+    assert again.identity == first.identity  # saved and reloaded elsewhere: the same scores, the same key
+    retrained = train_embedded_rm(_rm_config(), TruncatedBackbone(tiny, 2), sols, TrainingConfig(folds=2, C=0.01)).full
+    assert retrained.identity != first.identity
+    other_separator = EmbeddedHeadRM(reward_model_config({**OmegaConf.to_container(OmegaConf.structured(_rm_config())),
+                                                       "step_separator": "\n"}), first.backbone, first.head)
+    assert other_separator.identity != first.identity  # a scoring setting changes the key too
+
+    entry = SampleStore(tmp_path / "store").entry("m@x", "sha", "p", "fp", SamplingParams())
+    problems = [Problem(pid, q, "1", "", "gsm8k", {}) for pid, q in questions.items()]
+    rows = graded[graded["problem_id"].isin(["toy/0", "toy/1"])]
+    old = reward_scores(entry, rows, problems, first)
+    new = reward_scores(entry, rows, problems, retrained)
+    assert not np.allclose(old["scores"], new["scores"])  # the retrained head's own scores, not the cached ones
+    assert np.allclose(new["scores"], retrained.score([questions[p] for p in rows["problem_id"]], list(rows["text"])))
+    assert isinstance(reward_scores(entry, rows, problems, again), pd.DataFrame)
+
+
+def test_transformers_identity_is_weights_and_config(tiny, tmp_path):
+    folder = _save_tiny(tmp_path, tiny, "lm")
+    cfg = {"name": "local_prm", "kind": "causal_lm_prm", "path": str(folder), "step_tag": " ки"}
+    rm = load_reward_model(cfg)
+    assert rm.identity.startswith("sha256:")
+    assert load_reward_model({**cfg, "name": "renamed", "batch_size": 3}).identity == rm.identity
+    assert load_reward_model({**cfg, "step_tag": " +"}).identity != rm.identity
+    hub = CausalLMPRM(reward_model_config({"name": "hub", "kind": "causal_lm_prm", "hub_id": "org/prm",
+                                           "revision": "a" * 40}), model=rm.model, tokenizer=rm.tokenizer)
+    assert hub.identity.startswith(f"hub:org/prm@{'a' * 40}+config:")

@@ -1,1 +1,1 @@
-"""Is an answer right: answer extraction, the process-pool grader with timeouts, graded samples cached beside the store, the lm-eval baseline."""
+"""Is an answer right: answer extraction (extract.py: strict and lenient), the process-pool grader with timeouts (grader.py), graded samples cached beside the store (graded.py), the lm-eval baseline."""

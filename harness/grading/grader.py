@@ -1,6 +1,8 @@
-"""Grade model responses against reference answers: answer extraction, equivalence, vote keys.
+"""Grade model responses against reference answers: equivalence under both answer modes, vote keys.
 
-GSM8K is graded by exact numeric comparison in-process. MATH is graded by math-verify (default) or by
+Every response gets two verdicts (harness.grading.extract): strict (an explicitly stated, not cut-off final
+answer) and lenient (the stated answer, else the last number); `GradeResult.correct` is the grader's mode.
+GSM8K is graded by exact numeric comparison in-process, a stated answer only when it is one number. MATH is graded by math-verify (default) or by
 lm-eval's Minerva equivalence (the Large Language Monkeys repo's grader), always in worker processes:
 both end in sympy, which can hang on adversarial answers (e.g. 9^{9^{9^{9^{9}}}}), and their signal-based
 timeouts only work on a main thread. Each answer gets its own deadline; a worker that overruns it is
@@ -25,16 +27,28 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from fractions import Fraction
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from harness.errors import ConfigError, HarnessError
+from harness.grading.extract import (
+    EXTRACTION_VERSION,
+    MODES,
+    Statement,
+    as_fraction,
+    is_truncated,
+    last_boxed,
+    last_number,
+    read_number,
+    stated_answer,
+    strip_dollars,
+)
 
 DATASETS = ("gsm8k", "math")
 METHODS = ("math_verify", "minerva")
-Status = Literal["ok", "no_answer", "timeout", "error"]
+Status = Literal["ok", "no_answer", "truncated", "timeout", "error"]
+UNSETTLED: tuple[Status, ...] = ("timeout", "error")  # verdicts that say nothing about the answer: never cached
 
 GSM8K_REL_TOL = 1e-6
 # A worker's own alarm fires at `timeout`; the parent kills it only if it is still silent this much later
@@ -46,9 +60,21 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # workers import harness.gr
 
 @dataclass(frozen=True)
 class GradeResult:
-    correct: bool
-    extracted: str | None
-    status: Status
+    correct: bool  # under the grader's mode
+    extracted: str | None  # the answer graded under the grader's mode
+    status: Status  # of the verdict under the grader's mode
+    answered: bool = False  # a strict answer is present: stated explicitly and not cut off
+    correct_strict: bool = False
+    correct_lenient: bool = False
+    status_strict: Status = "no_answer"
+    status_lenient: Status = "no_answer"
+    extracted_strict: str | None = None
+    extracted_lenient: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Neither verdict is a timeout or a crash (those may come out differently on another run)."""
+        return self.status_strict not in UNSETTLED and self.status_lenient not in UNSETTLED
 
 
 @dataclass(frozen=True)
@@ -59,102 +85,33 @@ class Disagreement:
 
 # ---- answer extraction ------------------------------------------------------------------------------
 
-_NUMBER = re.compile(
-    r"(?:(?<![\w)\]}])[-−])?"  # a minus sign that is not a binary minus ("10-4")
-    r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
-    r"|(?<![\d.])\.\d+"
-)
-_GSM8K_HASH = re.compile(r"####\s*\$?\s*(" + _NUMBER.pattern + ")")
-_ANSWER_IS = re.compile(r"(?:the final answer is|the answer is)\s*:?\s*", re.IGNORECASE)
 _MINERVA_LINE = re.compile(r"Final Answer: The final answer is(.*?)\.?\s*I hope it is correct")
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*")
-
-
-def _brace_matches(text: str) -> dict[int, int]:
-    """Index of each '{' -> index of its '}', one linear pass (escaped \\{ \\} are not structural)."""
-    matches, stack = {}, []
-    for i, ch in enumerate(text):
-        if ch in "{}" and i and text[i - 1] == "\\":
-            continue
-        if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            matches[stack.pop()] = i
-    return matches
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...} / \\fbox{...} (nested braces matched), or None."""
-    starts = list(_BOX_START.finditer(text))
-    if not starts:
-        return None
-    matches = _brace_matches(text)
-    for m in reversed(starts):
-        j = m.end()
-        if j < len(text) and text[j] == "{":
-            if j in matches:
-                content = text[j + 1 : matches[j]].strip()
-                if content:
-                    return content
-        elif m.group(0).endswith(" "):  # "\boxed 5" (no braces), as lm-eval accepts
-            token = re.match(r"[^\s$]+", text[j:])
-            if token:
-                return token.group(0)
-    return None
-
-
-def _clean_number(token: str) -> str:
-    return token.replace(",", "").replace("−", "-")
-
-
-def _numbers(text: str) -> list[str]:
-    text = _LATEX_FRAC.sub(r"\1/\2", text)
-    return [_clean_number(m.group(0)) for m in _NUMBER.finditer(text)]
 
 
 def _extract_gsm8k(response: str) -> str | None:
-    m = _GSM8K_HASH.search(response)  # the first "#### N", as the Monkeys repo and lm-eval's strict match
-    if m:
-        return _clean_number(m.group(1))
-    boxed = last_boxed(response)
-    if boxed is not None:
-        nums = _numbers(boxed)
-        if nums:
-            return nums[-1]
-    said = list(_ANSWER_IS.finditer(response))
-    if said:
-        nums = _numbers(response[said[-1].end() :][:200])
-        if nums:
-            return nums[0]
-    nums = _numbers(response)
-    return nums[-1] if nums else None
-
-
-def _strip_dollars(answer: str) -> str:
-    answer = answer.strip()
-    while len(answer) >= 2 and answer[0] == "$" and answer[-1] == "$" and not answer.endswith("\\$"):
-        answer = answer[1:-1].strip()
-    return answer
+    statement = stated_answer(response)
+    return read_number(statement.answer) if statement else last_number(response)
 
 
 def _extract_math(response: str) -> str | None:
-    boxed = last_boxed(response)
-    if boxed is not None:
-        return boxed
-    lines = _MINERVA_LINE.findall(response + " I hope it is correct.")  # a cut-off last line counts, as in lm-eval
-    if lines:
-        answer = _strip_dollars(lines[-1])
-        return answer or None
-    return None
+    statement = stated_answer(response)
+    return strip_dollars(statement.answer) or None if statement else None
 
 
-def extract_answer(response: str, dataset: str) -> str | None:
-    """The final answer a response states, or None. GSM8K: a cleaned number string ("1234", "-3.5", "3/4")."""
+def extract_answer(response: str, dataset: str, mode: str = "lenient") -> str | None:
+    """The final answer a response states, or None. GSM8K: a cleaned number string ("1234", "-3.5", "3/4"),
+    None when the stated answer is not one number. Strict: only a stated answer (truncation is the
+    grader's business: it needs the finish reason)."""
     _check_dataset(dataset)
+    check_mode(mode)
     if not isinstance(response, str) or not response.strip():
         return None
-    return _extract_gsm8k(response) if dataset == "gsm8k" else _extract_math(response)
+    if dataset == "gsm8k":
+        if mode == "strict":
+            statement = stated_answer(response)
+            return read_number(statement.answer) if statement else None
+        return _extract_gsm8k(response)
+    return _extract_math(response)
 
 
 def _minerva_extract(response: str) -> str | None:
@@ -162,19 +119,12 @@ def _minerva_extract(response: str) -> str | None:
     if not isinstance(response, str) or not response.strip():
         return None
     answer = minerva_utils().get_unnormalized_answer(response)
-    return None if answer == "[invalidanswer]" or not _strip_dollars(answer) else answer
+    return None if answer == "[invalidanswer]" or not strip_dollars(answer) else answer
 
 
 # ---- vote keys --------------------------------------------------------------------------------------
 
 _MATH_VOTE_DROP = re.compile(r"\\left\b|\\right\b|\\[!,;: ]")
-
-
-def _as_fraction(answer: str) -> Fraction | None:
-    try:
-        return Fraction(answer.replace(",", "").replace("$", "").strip().rstrip("."))
-    except (ValueError, ZeroDivisionError):
-        return None
 
 
 def normalize_for_vote(answer: str | None, dataset: str) -> str | None:
@@ -183,10 +133,10 @@ def normalize_for_vote(answer: str | None, dataset: str) -> str | None:
     if answer is None:
         return None
     if dataset == "gsm8k":
-        value = _as_fraction(answer)
+        value = as_fraction(answer)
         key = str(value) if value is not None else answer.strip()
     else:
-        key = _MATH_VOTE_DROP.sub("", _strip_dollars(answer))
+        key = _MATH_VOTE_DROP.sub("", strip_dollars(answer))
         key = re.sub(r"\s+", "", key).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
     return key or None
 
@@ -195,12 +145,15 @@ def normalize_for_vote(answer: str | None, dataset: str) -> str | None:
 
 
 def _gsm8k_reference(reference: str) -> str:
-    m = _GSM8K_HASH.search(reference)
-    return _clean_number(m.group(1)) if m else reference
+    statement = stated_answer(reference)  # a full solution ends in "#### N"
+    number = read_number(statement.answer) if statement else None
+    return number if number is not None else reference
 
 
-def _gsm8k_equal(extracted: str, reference: str) -> bool:
-    a, b = _as_fraction(extracted), _as_fraction(_gsm8k_reference(reference))
+def _gsm8k_equal(extracted: str | None, reference: str) -> bool:
+    if extracted is None:  # a stated answer that is not one number ("10^{10^{10}}", "\\frac{1+\\sqrt5}{2}")
+        return False
+    a, b = as_fraction(extracted), as_fraction(_gsm8k_reference(reference))
     if a is None or b is None:
         return normalize_for_vote(extracted, "gsm8k") == normalize_for_vote(_gsm8k_reference(reference), "gsm8k")
     if a == b:
@@ -217,21 +170,33 @@ def _math_reference(reference: str) -> str:
     return boxed if boxed is not None else reference
 
 
-def _math_verify_equal(extracted: str, reference: str) -> bool:
+def _parsed(parsed: list) -> bool:
+    """math-verify read an expression (it returns only the string when its LaTeX conversion failed)."""
+    return len(parsed) >= 2
+
+
+def _math_verify_equal(text: str, reference: str, answer: str | None) -> tuple[bool, str | None]:
+    """math-verify on the statement `text` (its own rules pick the answer: several boxes, "final answer is");
+    when it reads nothing there, on the stated `answer` alone in `$...$` (math-verify 0.9 reads "$10\\%$"
+    but not "\\boxed{10\\%}")."""
     from math_verify import parse, verify
 
-    # `$...$`, not `\boxed{}`: math-verify 0.9 parses "$10\%$" but not "\boxed{10\%}"; a trailing period
-    # breaks "1/2." into 1.
-    gold = parse(f"${_strip_dollars(_math_reference(reference))}$", parsing_timeout=None)
+    if re.search(r"(?<!\\)\$|\\boxed|\\fbox", reference):  # stated: math-verify's own rules
+        gold = parse(reference, parsing_timeout=None)  # (several boxes are one answer, as in a response)
+    else:  # raw LaTeX, as datasets hold it
+        gold = parse(f"${reference.strip().rstrip(' .')}$", parsing_timeout=None)
     if not gold:  # status "error": every sample of this problem would silently count as wrong
         raise ValueError(f"math-verify cannot read the reference {reference!r}")
-    pred = parse(f"${_strip_dollars(extracted).rstrip(' .')}$", parsing_timeout=None)
-    return bool(verify(gold, pred, timeout_seconds=None))
+    pred = parse(text, parsing_timeout=None)
+    if not _parsed(pred) and answer:
+        pred = parse(f"${strip_dollars(answer).rstrip(' .')}$", parsing_timeout=None) or pred
+    read = str(pred[-1]) if pred else None
+    return bool(verify(gold, pred, timeout_seconds=None)), read
 
 
-def _minerva_equal(extracted: str, reference: str) -> bool:
+def _minerva_equal(text: str, reference: str, answer: str | None) -> tuple[bool, str | None]:
     u = minerva_utils()
-    return bool(u.is_equiv(u.normalize_final_answer(extracted), u.normalize_final_answer(_math_reference(reference))))
+    return bool(u.is_equiv(u.normalize_final_answer(text), u.normalize_final_answer(_math_reference(reference)))), text
 
 
 _EQUAL = {"math_verify": _math_verify_equal, "minerva": _minerva_equal}
@@ -245,16 +210,17 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _AnswerTimeout()
 
 
-def _judge(method: str, extracted: str, reference: str, timeout: float) -> tuple[bool, Status]:
+def _judge(method: str, text: str, reference: str, answer: str | None, timeout: float) -> tuple[bool, Status, str | None]:
     """Runs in a worker's main thread, where SIGALRM can interrupt sympy's Python code."""
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        return _EQUAL[method](extracted, reference), "ok"
+        correct, read = _EQUAL[method](text, reference, answer)
+        return correct, "ok", read
     except _AnswerTimeout:
-        return False, "timeout"
+        return False, "timeout", None
     except Exception:  # noqa: BLE001 - a grader crash on one answer must not stop the run
-        return False, "error"
+        return False, "error", None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -321,7 +287,7 @@ def _warm_up(method: str) -> None:
     logging.getLogger("latex2sympy2_extended").setLevel(logging.ERROR)
     if method == "minerva":
         minerva_utils()
-    _EQUAL[method]("1", "2")
+    _EQUAL[method]("1", "2", None)
 
 
 def _worker_main(method: str) -> None:
@@ -337,8 +303,9 @@ def _worker_main(method: str) -> None:
     replies.write(json.dumps({"kind": "ready"}) + "\n")
     for line in sys.stdin:
         task = json.loads(line)
-        correct, status = _judge(method, task["extracted"], task["reference"], task["timeout"])
-        replies.write(json.dumps({"kind": "done", "id": task["id"], "correct": correct, "status": status}) + "\n")
+        correct, status, read = _judge(method, task["extracted"], task["reference"], task.get("answer"), task["timeout"])
+        replies.write(json.dumps({"kind": "done", "id": task["id"], "correct": correct, "status": status,
+                                  "read": read}) + "\n")
 
 
 def _worker_command(method: str) -> list[str]:
@@ -409,8 +376,9 @@ class _WorkerPool:
         self.close()
         raise HarnessError(f"grader worker ({self.method}) {message}")
 
-    def run(self, tasks: Sequence[tuple[str, str]], timeout: float) -> list[tuple[bool, Status]]:
-        results: list[tuple[bool, Status] | None] = [None] * len(tasks)
+    def run(self, tasks: Sequence[tuple[str, str, str | None]], timeout: float) -> list[tuple[bool, Status, str | None]]:
+        """Each task is (text, reference, stated answer or None); each result (correct, status, what was read)."""
+        results: list[tuple[bool, Status, str | None] | None] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         while len(self.workers) < min(self.size, len(tasks)):
             self.workers.append(_Worker(self.method))
@@ -419,7 +387,8 @@ class _WorkerPool:
                 if w.ready and w.task is None and pending:
                     tid = pending.popleft()
                     try:
-                        w.send({"id": tid, "extracted": tasks[tid][0], "reference": tasks[tid][1], "timeout": timeout})
+                        text, reference, answer = tasks[tid]
+                        w.send({"id": tid, "extracted": text, "reference": reference, "answer": answer, "timeout": timeout})
                     except OSError:  # died since its last answer
                         pending.appendleft(tid)
                         self._replace(w)
@@ -434,7 +403,7 @@ class _WorkerPool:
                     if not w.ready:
                         self._fail("exited while starting")
                     if w.task is not None:
-                        results[w.task] = (False, "error")
+                        results[w.task] = (False, "error", None)
                         w.task = None
                     self._replace(w)
                     continue
@@ -444,12 +413,12 @@ class _WorkerPool:
                     elif msg["kind"] == "ready":
                         w.ready = True
                     elif msg["id"] == w.task:
-                        results[w.task] = (bool(msg["correct"]), msg["status"])
+                        results[w.task] = (bool(msg["correct"]), msg["status"], msg.get("read"))
                         w.task = None
             now = time.monotonic()
             for w in list(self.workers):
                 if w.task is not None and now > w.deadline:
-                    results[w.task] = (False, "timeout")
+                    results[w.task] = (False, "timeout", None)
                     w.task = None
                     self._replace(w)
                 elif not w.ready and now > w.deadline:
@@ -474,57 +443,135 @@ def _check_dataset(dataset: str) -> None:
         raise ConfigError(f"dataset '{dataset}' has no grader: expected one of {', '.join(DATASETS)}")
 
 
-class Grader:
-    """Grades many responses; MATH equivalence runs in `workers` processes with a per-answer `timeout`.
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"grader.mode '{mode}' is unknown: expected one of {', '.join(MODES)}")
 
-    Verdicts are cached per (extracted answer, reference): repeated sampling produces the same final
-    answer many times. GSM8K never starts a worker. Use as a context manager, or call close().
+
+def grader_version(method: str) -> str:
+    """What can change a verdict besides the inputs: our extraction rules and the judging library's version."""
+    import importlib.metadata as md
+
+    library = "math-verify" if method == "math_verify" else "lm_eval"
+    try:
+        version = md.version(library)
+    except md.PackageNotFoundError:
+        version = "absent"
+    return f"extract-{EXTRACTION_VERSION}+{library}-{version}"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one response is judged under one mode: `key` for a verdict, or a fixed `status` without one."""
+
+    key: tuple | None  # (text, reference, stated answer): judged once however many responses share it
+    extracted: str | None
+    status: Status | None = None  # no_answer / truncated when there is nothing to judge
+
+
+class Grader:
+    """Grades many responses under both modes; MATH equivalence runs in `workers` processes with a
+    per-answer `timeout`. `mode` (strict | lenient) is the one `GradeResult.correct` reports.
+
+    Verdicts are cached per (answer text, reference): repeated sampling states the same final answer
+    many times. GSM8K never starts a worker. Use as a context manager, or call close().
     """
 
-    def __init__(self, dataset: str, method: str = "math_verify", timeout: float = 5.0, workers: int = 2):
+    def __init__(self, dataset: str, method: str = "math_verify", timeout: float = 5.0, workers: int = 2,
+                 mode: str = "strict"):
         _check_dataset(dataset)
         if method not in METHODS:
             raise ConfigError(f"grader.method '{method}' is unknown: expected one of {', '.join(METHODS)}")
+        check_mode(mode)
         if not timeout > 0:
             raise ConfigError(f"grader.timeout must be > 0 seconds, got {timeout}")
         if int(workers) < 1:
             raise ConfigError(f"grader.workers must be >= 1, got {workers}")
         self.dataset, self.method, self.timeout, self.workers = dataset, method, float(timeout), int(workers)
+        self.mode = mode
+        self.version = grader_version(method if dataset == "math" else "gsm8k")
         self._pool: _WorkerPool | None = None
-        self._cache: dict[tuple[str, str], tuple[bool, Status]] = {}
+        self._cache: dict[tuple, tuple[bool, Status, str | None]] = {}
         self._lock = threading.Lock()
 
     def extract(self, response: str) -> str | None:
+        """The answer graded under the grader's mode (without the finish reason: truncation is not seen)."""
         if self.dataset == "math" and self.method == "minerva":
             return _minerva_extract(response)
-        return extract_answer(response, self.dataset)
+        return extract_answer(response, self.dataset, self.mode)
 
-    def grade(self, response: str, reference: str) -> GradeResult:
-        return self.grade_many([response], [reference])[0]
+    def _plans(self, response: str, reference: str, finish_reason: object) -> dict[str, _Plan]:
+        if not isinstance(response, str) or not response.strip():
+            return {m: _Plan(None, None, "no_answer") for m in MODES}
+        truncated = is_truncated(finish_reason)
+        if self.dataset == "math" and self.method == "minerva":
+            answer = _minerva_extract(response)
+            statement = None if answer is None else Statement(answer, answer, 0, 0)
+        else:
+            statement = stated_answer(response)
+        if statement is not None:
+            if self.dataset == "gsm8k":
+                number = read_number(statement.answer)
+                stated = _Plan(("gsm8k", number, reference), number if number is not None else statement.answer)
+            else:
+                stated = _Plan((statement.region, reference, statement.answer), statement.answer)
+            strict = _Plan(None, statement.answer, "truncated") if truncated else stated
+            return {"strict": strict, "lenient": stated}
+        if self.dataset == "gsm8k":
+            number = last_number(response)
+            lenient = _Plan(("gsm8k", number, reference), number) if number is not None else _Plan(None, None, "no_answer")
+        elif self.method == "math_verify":
+            lines = [line for line in response.strip().splitlines() if line.strip()]
+            lenient = _Plan((lines[-1][-500:], reference, None), None)  # math-verify's unanchored rules
+        else:
+            lenient = _Plan(None, None, "no_answer")
+        return {"strict": _Plan(None, None, "no_answer"), "lenient": lenient}
 
-    def grade_many(self, responses: Sequence[str], references: Sequence[str]) -> list[GradeResult]:
+    def grade(self, response: str, reference: str, finish_reason: str | None = None) -> GradeResult:
+        return self.grade_many([response], [reference], [finish_reason])[0]
+
+    def grade_many(self, responses: Sequence[str], references: Sequence[str],
+                   finish_reasons: Sequence[str | None] | None = None) -> list[GradeResult]:
+        """One GradeResult per response; `finish_reasons` ("length": cut off by the token limit) default to none."""
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
-        extracted = [self.extract(r) for r in responses]
-        keys = [(e, str(ref)) for e, ref in zip(extracted, references)]
+        finish_reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(responses)
+        if len(finish_reasons) != len(responses):
+            raise ValueError(f"{len(responses)} responses but {len(finish_reasons)} finish reasons")
+        plans = [self._plans(r, str(ref), f) for r, ref, f in zip(responses, references, finish_reasons)]
         with self._lock:
-            todo = list(dict.fromkeys(k for k in keys if k[0] is not None and k not in self._cache))
+            todo = list(dict.fromkeys(p.key for ps in plans for p in ps.values()
+                                      if p.key is not None and p.key not in self._cache))
             if todo and self.dataset == "gsm8k":
-                for k in todo:
-                    self._cache[k] = (_gsm8k_equal(*k), "ok")
+                for key in todo:
+                    self._cache[key] = (_gsm8k_equal(key[1], key[2]), "ok", key[1])
             elif todo:
                 if self._pool is None:
                     self._pool = _WorkerPool(self.method, self.workers)
-                for k, verdict in zip(todo, self._pool.run(todo, self.timeout)):
-                    self._cache[k] = verdict
-            out = []
-            for e, k in zip(extracted, keys):
-                if e is None:
-                    out.append(GradeResult(False, None, "no_answer"))
-                else:
-                    correct, status = self._cache[k]
-                    out.append(GradeResult(bool(correct), e, status))
-            return out
+                for key, verdict in zip(todo, self._pool.run(todo, self.timeout)):
+                    self._cache[key] = verdict
+            results = [self._result(ps) for ps in plans]
+            for key in todo:  # a timeout or crash is tried again next time, never remembered
+                if self._cache[key][1] in UNSETTLED:
+                    del self._cache[key]
+            return results
+
+    def _result(self, plans: dict[str, _Plan]) -> GradeResult:
+        verdicts = {}
+        for mode, plan in plans.items():
+            if plan.key is None:
+                verdicts[mode] = (False, plan.status, plan.extracted)
+            else:
+                correct, status, read = self._cache[plan.key]
+                verdicts[mode] = (bool(correct), status, plan.extracted if plan.extracted is not None else read)
+        correct, status, extracted = verdicts[self.mode]
+        return GradeResult(
+            correct, extracted, status,
+            answered=plans["strict"].key is not None,
+            correct_strict=verdicts["strict"][0], correct_lenient=verdicts["lenient"][0],
+            status_strict=verdicts["strict"][1], status_lenient=verdicts["lenient"][1],
+            extracted_strict=verdicts["strict"][2], extracted_lenient=verdicts["lenient"][2],
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -560,11 +607,12 @@ def compare_graders(
     methods: Sequence[str] = METHODS,
     timeout: float = 5.0,
     workers: int = 2,
+    mode: str = "strict",
 ) -> list[Disagreement]:
     """Grade the same responses with each method; return where their verdicts differ."""
     results = {}
     for method in methods:
-        with Grader(dataset, method=method, timeout=timeout, workers=workers) as grader:
+        with Grader(dataset, method=method, timeout=timeout, workers=workers, mode=mode) as grader:
             results[method] = grader.grade_many(responses, references)
     return find_disagreements(results)
 
@@ -574,7 +622,8 @@ _default_lock = threading.Lock()
 
 
 def is_correct(response: str, reference: str, dataset: str) -> bool:
-    """One response against one reference (math-verify for MATH), with a lazily started shared worker."""
+    """One response against one reference under the strict mode (math-verify for MATH), with a lazily
+    started shared worker."""
     _check_dataset(dataset)
     with _default_lock:
         grader = _default_graders.get(dataset)

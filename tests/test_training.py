@@ -100,7 +100,7 @@ def test_checkpoint_selectable_from_hydra(tmp_path, tiny):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="monkeys", overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=rest_iter1"])
     assert cfg.model.path == str(tmp_path / "ck") and cfg.model.name == ckpt.name
-    assert load_model(cfg.model).identity == f"{ckpt.name}@{tmp_path / 'ck'}"
+    assert load_model(cfg.model).identity == ckpt.load().identity
 
 
 def test_lora_is_merged_into_a_plain_checkpoint(tmp_path, tiny):
@@ -163,7 +163,7 @@ def test_embedded_gguf_model_trains_and_reloads(tmp_path):
     ckpt = save_checkpoint(result.model, m.tokenizer, tmp_path / "ck", name="smollm2", chat_template=True, meta={})
     assert "quantization_config" not in (ckpt.dir / "config.json").read_text()
     again = ckpt.load()
-    assert again.identity.startswith("smollm2-") and again.num_parameters == m.num_parameters
+    assert again.name.startswith("smollm2-") and again.num_parameters == m.num_parameters
 
 
 def test_dpo_prefers_the_chosen_answers(tmp_path):

@@ -70,6 +70,10 @@ class TableRM(RewardModel):
         self.config = RewardModelConfig(name="table", kind="embedded")
         self.flops_parameters = 10
 
+    @property
+    def identity(self) -> str:
+        return "table:good=0.9,ok=0.5,bad=0.1"
+
     def score_steps(self, questions, steps):
         table = {"good": 0.9, "ok": 0.5, "bad": 0.1}
         return [ScoredSolution([table[s.split()[0]] for s in ss], 3, [len(s.split()) for s in ss]) for ss in steps]

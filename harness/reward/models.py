@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from harness.errors import ConfigError
+from harness.reporting.paths import portable
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
 # Config keys that cannot change a score (batching, placement, naming, where the files are): not identity.
@@ -563,7 +564,8 @@ class EmbeddedHeadRM(RewardModel):
             cfg["backbone"] = OmegaConf.to_container(backbone, resolve=True)
         meta = {
             "config": cfg,
-            "backbone": {"name": self.backbone.name, "source": self.backbone.source, "layers": self.backbone.layers},
+            "backbone": {"name": self.backbone.name, "identity": self.backbone.identity,
+                         "source": portable(self.backbone.source), "layers": self.backbone.layers},
             "provenance": self.provenance,
         }
         (folder / self.META_FILE).write_text(json.dumps(meta, indent=2, default=str))
@@ -580,10 +582,12 @@ class EmbeddedHeadRM(RewardModel):
         rm = reward_model_config({**meta["config"], "path": str(folder)})
         if loaded_backbone is None:
             loaded_backbone = load_backbone_model(rm)
-        if loaded_backbone.source != meta["backbone"]["source"]:
+        saved_for = meta["backbone"].get("identity")
+        given = str(getattr(loaded_backbone, "identity", ""))
+        if saved_for != given:  # by content: the same weights anywhere are the same backbone
             raise ConfigError(
-                f"reward_model '{rm.name}': saved for backbone {meta['backbone']['source']}, "
-                f"given {loaded_backbone.source}"
+                f"reward_model '{rm.name}': {meta_path.name} was trained on backbone {saved_for} "
+                f"({meta['backbone'].get('source')}), given {given}"
             )
         return cls(rm, TruncatedBackbone(loaded_backbone, rm.layers), LinearHead.load(folder / cls.HEAD_FILE),
                    meta.get("provenance"))

@@ -19,7 +19,6 @@ from harness.grading.grader import Grader, normalize_for_vote
 from harness.pipeline.experiment import prompt_from_cfg, setup_experiment
 from harness.reporting.run import start_run
 from harness.sampling.base import SamplingParams
-from harness.store.samples import fingerprint
 from harness.selection.tree_search import SearchConfig, SearchProblem, StepGenerator, run_search, step_params
 from replications.compute_optimal import analysis, report, reward
 from replications.compute_optimal.config import budgets, check_config
@@ -98,10 +97,8 @@ def compute_optimal(cfg: DictConfig) -> None:
         sproblems = [SearchProblem(p.id, prompts[p.id], p.question) for p in subset]
         probe = _search_config(co, co.search.methods[0], 1, separator)
         sparams = step_params(params, probe)
-        entry = exp.store.entry(
-            exp.model.identity, exp.problems.sha256, f"{spec.name}+steps",
-            fingerprint({"prompt": exp.entry(spec, params).key.prompt_fingerprint, "separator": separator}), sparams)
-        run.record("store:search_steps", {"dir": str(entry.dir), **entry.key.as_dict()})
+        entry = exp.entry(spec, sparams, variant={"separator": separator})
+        exp.record_entry("search_steps", entry)
         gen = StepGenerator(exp.sampler, sparams, entry)
         grader = Grader(problems[0].dataset, method=cfg.grader.method, timeout=cfg.grader.timeout,
                         workers=cfg.grader.workers)

@@ -10,7 +10,9 @@ from omegaconf import DictConfig
 from harness.errors import ConfigError
 from harness.grading.grader import Grader
 from harness.pipeline.experiment import Experiment
-from harness.data.prompts import PromptSpec, prompt_fingerprint
+from harness.pipeline.iterated import derived_seed
+from harness.reporting.paths import portable
+from harness.data.prompts import PromptSpec
 from harness.reward.models import RewardModel, TruncatedBackbone, load_reward_model, reward_model_config
 from harness.reward.training import (
     choose_prefixes,
@@ -21,7 +23,6 @@ from harness.reward.training import (
     training_config,
 )
 from harness.sampling.base import SamplingParams
-from harness.store.samples import draw_samples, fingerprint
 
 
 @dataclass
@@ -43,15 +44,12 @@ def _same_weights(rm_cfg, exp: Experiment) -> bool:
 def rollout_fn(exp: Experiment, spec: PromptSpec, prompts: Mapping[str, str], params: SamplingParams,
                references: Mapping[str, str], dataset: str, cfg: DictConfig) -> Callable:
     """Math-Shepherd rollouts through the store: continuations of `prompt + prefix`, graded with the run's grader."""
-    entry = exp.store.entry(
-        exp.model.identity, exp.problems.sha256, f"{spec.name}+prefix_rollouts",
-        fingerprint({"prompt": prompt_fingerprint(spec, data_root=cfg.data.root), "continuation": True}), params)
-    exp.run.record("store:prm_rollouts", {"dir": str(entry.dir), **entry.key.as_dict()})
+    entry = exp.entry(spec, params, variant={"continuation": True})
+    exp.record_entry("prm_rollouts", entry)
 
     def run(prefixes: Mapping[str, str], n: int) -> dict[str, list[bool]]:
         full = {key: prompts[key.split("#", 1)[0]] + text for key, text in prefixes.items()}
-        df = draw_samples(entry, exp.sampler, full, n, params, progress=bool(cfg.progress), desc="PRM rollouts")
-        exp.run.record_draw("PRM rollouts", df, df.attrs.get("drawn_now", 0))
+        df = exp.draw(entry, full, n, params, desc="PRM rollouts")
         texts = [prefixes[k] + t for k, t in zip(df["problem_id"], df["text"])]
         refs = [references[k.split("#", 1)[0]] for k in df["problem_id"]]
         with Grader(dataset, method=cfg.grader.method, timeout=cfg.grader.timeout, workers=cfg.grader.workers) as g:
@@ -85,7 +83,8 @@ def build(exp: Experiment, spec: PromptSpec, graded: pd.DataFrame, cfg: DictConf
     label_stats: dict[str, Any] = {"method": sl.method}
     if rm_cfg.level == "prm" and sl.method == "math_shepherd" and sl.max_prefixes > 0:
         rparams = SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                 max_new_tokens=sl.max_new_tokens, stop=params.stop, seed=params.seed + 1)
+                                 max_new_tokens=sl.max_new_tokens, stop=params.stop,
+                                 seed=derived_seed(params.seed, "prm_rollouts"))
         prompts = exp.prompts(spec)
         fn = rollout_fn(exp, spec, prompts, rparams, {pid: p.answer for pid, p in problems.items()},
                         exp.problems.problems[0].dataset, cfg)
@@ -97,7 +96,7 @@ def build(exp: Experiment, spec: PromptSpec, graded: pd.DataFrame, cfg: DictConf
     provenance = {
         "trained_on": {"data": exp.problems.provenance(), "model": exp.model.identity, "prompt": spec.name,
                        "sampling": params.as_dict(), "samples_per_problem": int(cfg.samples),
-                       "store_entry": str(exp.entry(spec, params).dir), "grader": cfg.grader.method},
+                       "store_entry": portable(exp.entry(spec, params).dir), "grader": cfg.grader.method},
         "step_labels": label_stats,
     }
     backbone = TruncatedBackbone(exp.model, rm_cfg.layers)
@@ -105,7 +104,7 @@ def build(exp: Experiment, spec: PromptSpec, graded: pd.DataFrame, cfg: DictConf
     info = {"how": "trained here (cross-fitted by problem)", "heldout_metrics": trained.metrics,
             "labels": {**trained.label_stats, **label_stats}, "layers": rm_cfg.layers, "features": rm_cfg.features}
     if cfg.compute_optimal.save_reward_model:
-        info["saved_to"] = str(trained.full.save(exp.run.path("reward_model")))
+        info["saved_to"] = portable(trained.full.save(exp.run.path("reward_model")))
     return RunRewardModel(trained.for_problem, trained.full.flops_parameters, rm_cfg.name, info, trained.heldout)
 
 

@@ -1,10 +1,10 @@
 """Typed schema of the `rest` config group (conf/rest/*.yaml): the Grow/Improve loop and its evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from harness.config import SamplingConfig, validate
 from harness.errors import ConfigError
@@ -13,31 +13,33 @@ ALGORITHMS = ("rest_em", "rest")
 REWARDS = ("correct", "partial")
 
 
+# conf/rest/default.yaml is the one source of defaults: these schemas give types (validated on load) and
+# no values, so a key missing from the YAML fails with its name instead of silently taking another default.
 @dataclass
 class EvalSettings:
-    greedy: bool = True  # greedy pass@1, the paper's headline metric
-    greedy_max_new_tokens: int = 320
-    samples: int = 8  # samples per test problem for pass@k / maj@k (0: greedy only)
-    ks: list[int] = field(default_factory=lambda: [1, 4, 8])
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, top_k=0))
-    train_accuracy: bool = False  # also greedy accuracy on the Grow problems (the paper's train-test gap, Fig. 4)
+    greedy: bool = MISSING  # greedy pass@1, the paper's headline metric
+    greedy_max_new_tokens: int = MISSING
+    samples: int = MISSING  # samples per test problem for pass@k / maj@k (0: greedy only)
+    ks: List[int] = MISSING
+    sampling: SamplingConfig = MISSING
+    train_accuracy: bool = MISSING  # also greedy accuracy on the Grow problems (the paper's train-test gap, Fig. 4)
 
 
 @dataclass
 class RestSettings:
-    name: str = "default"
-    algorithm: str = "rest_em"  # rest_em: every Improve fine-tunes the base model | rest: continue from the last
-    iterations: int = 2  # Grow steps, each followed by its Improve step(s) and an evaluation
-    samples_per_problem: int = 8  # N solutions sampled per training problem in each Grow step
-    reward: str = "correct"  # correct: 1/0 | partial: 1 correct, partial_credit for a wrong extracted answer, 0 none
-    partial_credit: float = 0.2
-    thresholds: list[float] = field(default_factory=lambda: [0.5])  # one Improve step per entry; keep reward > t
-    max_per_problem: Optional[int] = 4  # cap on kept solutions per problem (null: no cap)
-    dedupe: bool = False  # drop a kept solution whose text equals an earlier kept one of the same problem
-    reference_fraction: float = 0.0  # share of the training set made of reference solutions
-    seed: int = 0  # for the reference draw
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    fail_at: Optional[str] = None  # testing only: raise when this stage starts (simulates a killed run)
+    name: str = MISSING
+    algorithm: str = MISSING  # rest_em: every Improve fine-tunes the base model | rest: continue from the last
+    iterations: int = MISSING  # Grow steps, each followed by its Improve step(s) and an evaluation
+    samples_per_problem: int = MISSING  # N solutions sampled per training problem in each Grow step
+    reward: str = MISSING  # correct: 1/0 | partial: 1 correct, partial_credit for a wrong extracted answer, 0 none
+    partial_credit: float = MISSING
+    thresholds: List[float] = MISSING  # one Improve step per entry; keep reward > t
+    max_per_problem: Optional[int] = MISSING  # cap on kept solutions per problem (null: no cap)
+    dedupe: bool = MISSING  # drop a kept solution whose text equals an earlier kept one of the same problem
+    reference_fraction: float = MISSING  # share of the training set made of reference solutions
+    seed: int = MISSING  # for the reference draw
+    eval: EvalSettings = MISSING
+    fail_at: Optional[str] = MISSING  # testing only: raise when this stage starts (simulates a killed run)
 
 
 def rest_settings(cfg: DictConfig) -> RestSettings:

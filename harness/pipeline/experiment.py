@@ -184,7 +184,9 @@ class Experiment:
         """The store entry of (policy's weights, problem set, prompt + variant, sampling params)."""
         name, fp = variant_prompt(spec, self.prompt_fingerprint(spec), variant)
         problem_set = problem_set or self.problems
-        return self.store.entry(self.load(policy).identity, problem_set.sha256, name, fp, params)
+        model = self.load(policy)
+        numerics = getattr(self.sampler_for(policy), "numerics", {})  # a bf16 sampler's samples are not an fp32 sampler's
+        return self.store.entry(model.identity, problem_set.sha256, name, fp, params, numerics, label=model.name)
 
     def record_entry(self, label: str, entry: StoreEntry) -> None:
         self.run.record(f"store:{label}", {"dir": portable(entry.dir), **entry.key.as_dict()})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.reporting.paths import portable
 from harness.pipeline.experiment import Experiment
 from harness.reporting.plots import curve_plot
 from harness.data.prompts import PromptSpec
@@ -86,7 +87,7 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
     rep = Report(f"Compute-optimal inference (Wu et al., arXiv 2408.00724), regenerated: {title}")
     reuse = co.flops.prefix_reuse
     rep.text(
-        f"Policy `{model}` ({policy_params / 1e6:.1f} M parameters, `{exp.model.source}`); data `{exp.problems.source}` "
+        f"Policy `{model}` ({policy_params / 1e6:.1f} M parameters, `{portable(exp.model.source)}`, weights `{exp.model.identity}`); data `{portable(exp.problems.source)}` "
         f"(sha256 `{exp.problems.sha256[:16]}…`), {n_problems} problems; prompt `{spec.name}`; pool of {cfg.samples} "
         f"samples per problem at temperature {cfg.sampling.temperature}, top_p {cfg.sampling.top_p}, max "
         f"{cfg.sampling.max_new_tokens} new tokens, seed {cfg.sampling.seed}; grader `{cfg.grader.method}`. "

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.reporting.paths import portable
 from harness.pipeline.experiment import Experiment
 from harness.reporting.plots import curve_plot
 from harness.data.prompts import PromptSpec
@@ -84,8 +85,8 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, res: MonkeysResults, clai
     title = f"{model} on {dataset} ({res.n_problems} problems, {res.n_samples} samples each)"
     rep = Report(f"Large Language Monkeys (arXiv 2407.21787), regenerated: {title}")
     rep.text(
-        f"Model `{model}` ({exp.model.num_parameters / 1e6:.1f} M parameters, `{exp.model.source}`); "
-        f"data `{exp.problems.source}` (sha256 `{exp.problems.sha256[:16]}…`), "
+        f"Model `{model}` ({exp.model.num_parameters / 1e6:.1f} M parameters, `{portable(exp.model.source)}`, weights `{exp.model.identity}`); "
+        f"data `{portable(exp.problems.source)}` (sha256 `{exp.problems.sha256[:16]}…`), "
         f"{res.n_problems} problems; prompt `{spec.name}`; {res.n_samples} samples per problem at "
         f"temperature {cfg.sampling.temperature}, top_p {cfg.sampling.top_p}, max {cfg.sampling.max_new_tokens} "
         f"new tokens, seed {cfg.sampling.seed}; grader `{cfg.grader.method}`. Every estimate below is a mean over "

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.reporting.paths import portable
 from harness.selection.metrics import bootstrap_ci
 from harness.reporting.plots import curve_plot
 from harness.reporting.published import load_published
@@ -147,13 +148,13 @@ def write(run: Run, loop: Any, results: dict, cfg: DictConfig) -> Path:
     rep = Report(f"ReST / ReST-EM (arXiv 2308.08998, 2312.06585), regenerated: {title}")
     rep.text(
         f"Algorithm `{s.algorithm}` ({'each Improve fine-tunes the base model' if s.algorithm == 'rest_em' else 'each Improve continues from the last policy'}), "
-        f"{s.iterations} Grow/Improve iterations. Grow: {len(loop.train)} training problems from `{loop.train.source}` "
+        f"{s.iterations} Grow/Improve iterations. Grow: {len(loop.train)} training problems from `{portable(loop.train.source)}` "
         f"({_subset(loop.train)}), N = {s.samples_per_problem} samples each at temperature {cfg.sampling.temperature}, "
         f"top-k {cfg.sampling.top_k}, top-p {cfg.sampling.top_p}, max {cfg.sampling.max_new_tokens} new tokens; prompt `{loop.spec.name}`. "
         f"Improve: reward `{s.reward}` from grader `{cfg.grader.method}`, keep reward > {list(s.thresholds)}, "
         f"at most {s.max_per_problem} per problem, reference fraction {s.reference_fraction}; training `{cfg.training.name}` "
         f"({cfg.training.finetune}, lr {cfg.training.learning_rate}, {cfg.training.epochs} epochs, batch {cfg.training.batch_size}, "
-        f"loss on the solution tokens). Test: {len(loop.test)} problems from `{loop.test.source}` ({_subset(loop.test)}); "
+        f"loss on the solution tokens). Test: {len(loop.test)} problems from `{portable(loop.test.source)}` ({_subset(loop.test)}); "
         f"greedy pass@1 (max {s.eval.greedy_max_new_tokens} new tokens) and pass@k / maj@k from {s.eval.samples} samples "
         f"per problem at temperature {s.eval.sampling.temperature}, top-p {s.eval.sampling.top_p}, top-k {s.eval.sampling.top_k}. "
         "Every estimate is a mean over test problems with a 95% percentile-bootstrap CI over problems; pass@k is the "

@@ -14,6 +14,19 @@ full fine-tuning of a sequence classifier) neither takes per-step soft labels no
 Evaluation is cross-fitted by problem: with `folds` folds, each problem's solutions are scored by the
 head fitted on the other folds' problems, so every reported accuracy is held out, and the strategies
 that use the reward model on a problem never use a head that saw that problem's labels.
+
+Easy-to-hard training (`train_on_problems`) is the other regime: one head fitted on an explicit problem
+subset (e.g. the easy levels of a train split) and used on different (hard, test) problems, so nothing is
+cross-fitted; the ids it was fitted on are recorded in its provenance and on the result.
+
+Exact step labels (`exact_step_labels`, method `exact`) replace rollouts where the reference solution is a
+chain of checkable steps (the ladder: one `a op b = c` per line, each sentence of the question one operation).
+Math-Shepherd labels a step by whether its prefix can still reach the right answer; on the ladder a prefix
+can iff every line is true arithmetic, each line continues the previous line's result, and the running
+quantity equals the reference's after as many operations. That is what infinitely many rollouts by a perfect
+completer would estimate, at no rollout cost. Once a step is wrong every later step is wrong (a later line
+cannot repair the chain it continues). The last step keeps the grader's verdict, as for every method, so the
+PRM's last-step label and the ORM's label are the same.
 """
 from __future__ import annotations
 
@@ -28,9 +41,13 @@ from harness.errors import ConfigError, DataError
 from harness.reward.models import EmbeddedHeadRM, LinearHead, RewardModelConfig, TruncatedBackbone, split_steps
 
 
+STEP_LABEL_METHODS = ("math_shepherd", "outcome", "exact")
+
+
 @dataclass
 class StepLabelConfig:
     method: str = "math_shepherd"  # math_shepherd: rollouts from step prefixes | outcome: every step gets the outcome
+    #                                exact: computed from the reference steps (ladder problems; exact_step_labels)
     max_prefixes: int = 64  # intermediate prefixes rolled out (the CPU budget knob)
     rollouts: int = 3  # new completions per prefix
     include_original: bool = True  # the sampled solution's own continuation counts as one more rollout
@@ -56,9 +73,9 @@ def training_config(node) -> TrainingConfig:
     cfg = validate(OmegaConf.create({"training": node or {}}), TrainingConfig, "training")
     if cfg.folds < 2:
         raise ConfigError(f"reward_model.training.folds: need >= 2 for held-out scores, got {cfg.folds}")
-    if cfg.step_labels.method not in ("math_shepherd", "outcome"):
+    if cfg.step_labels.method not in STEP_LABEL_METHODS:
         raise ConfigError(f"reward_model.training.step_labels.method: '{cfg.step_labels.method}' is not one of "
-                          "math_shepherd, outcome")
+                          f"{', '.join(STEP_LABEL_METHODS)}")
     if cfg.class_weight not in ("balanced", "none"):
         raise ConfigError(f"reward_model.training.class_weight: '{cfg.class_weight}' is not one of balanced, none")
     return cfg
@@ -153,6 +170,50 @@ def outcome_step_labels(solutions: Sequence[LabelledSolution]) -> None:
     for s in solutions:
         s.step_targets = [float(s.outcome)] * len(s.steps)
         s.rollouts = [1] * len(s.steps)
+
+
+def exact_step_targets(steps: Sequence[str], reference_steps: Sequence[str], outcome: bool) -> list[float]:
+    """Exact labels of a ladder solution's steps against its reference chain (see the module doc); the last
+    step gets `outcome` (the grader's verdict)."""
+    from harness.data.ladder import STEP_LINE, apply
+
+    reference = [STEP_LINE.match(r.strip()) for r in reference_steps]
+    if not reference or not all(reference):
+        raise DataError(f"exact step labels: reference steps {list(reference_steps)!r} are not all 'a op b = c'")
+    values = [int(reference[0].group(1))] + [int(m.group(4)) for m in reference]  # the quantity after k operations
+    targets: list[float] = []
+    chain_ok = True
+    for k, line in enumerate(steps[:-1]):
+        m = STEP_LINE.match(line.strip())
+        if chain_ok and m and k + 1 < len(values):
+            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            previous = values[k]
+            continues = previous in (a, b) if op in "+*" else a == previous  # + and * may be written either way
+            try:
+                true = apply(op, a, b) == c
+            except (DataError, ZeroDivisionError):  # an inexact or zero division is a wrong line
+                true = False
+            chain_ok = continues and true and c == values[k + 1]
+        else:
+            chain_ok = False
+        targets.append(float(chain_ok))
+    return targets + [float(bool(outcome))]
+
+
+def exact_step_labels(solutions: Sequence[LabelledSolution], reference_steps: Mapping[str, Sequence[str]]) -> dict:
+    """Set every step target of every solution from its problem's reference steps (`reference_steps[problem_id]`)."""
+    missing = sorted({s.problem_id for s in solutions} - set(reference_steps))
+    if missing:
+        raise DataError(f"exact step labels: problem '{missing[0]}' has no reference steps (a ladder problem's "
+                        "`steps` field); use step_labels.method math_shepherd or outcome")
+    intermediate = correct = 0
+    for s in solutions:
+        s.step_targets = exact_step_targets(s.steps, reference_steps[s.problem_id], s.outcome)
+        s.rollouts = [0] * (len(s.steps) - 1) + [1]  # no rollouts: computed, not estimated
+        intermediate += len(s.steps) - 1
+        correct += int(sum(s.step_targets[:-1]))
+    return {"labelled_intermediate_steps": intermediate, "correct_intermediate_steps": correct,
+            "correct_share": correct / intermediate if intermediate else None}
 
 
 def training_rows(features: Sequence[np.ndarray], solutions: Sequence[LabelledSolution], level: str
@@ -283,3 +344,63 @@ def train_embedded_rm(
     full = make(fit_head(x, y, cfg), {"heldout_metrics": metrics, "labels": label_stats,
                                       "training": asdict(cfg), "fold": None})
     return TrainedRewardModels(full, by_problem, heldout, metrics, label_stats)
+
+
+@dataclass
+class SubsetTrainedRewardModel:
+    """A head fitted once on the solutions of an explicit problem subset (not cross-fitted)."""
+
+    model: EmbeddedHeadRM
+    problem_ids: list[str]  # sorted ids of the problems whose solutions it was fitted on
+    fit_metrics: dict  # on its own training solutions: in-sample, not held out
+    label_stats: dict
+
+
+def problem_ids_sha256(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()
+
+
+def train_on_problems(
+    rm_cfg: RewardModelConfig,
+    backbone: TruncatedBackbone,
+    solutions: Sequence[LabelledSolution],
+    problem_ids: Sequence[str],
+    cfg: TrainingConfig,
+    provenance: dict | None = None,
+    subset_name: str = "subset",
+    feature_cache: dict | None = None,
+) -> SubsetTrainedRewardModel:
+    """Fit the head on the solutions of `problem_ids` only (e.g. the easy levels), every one of them: a model
+    used on other problems (hard, test) needs no cross-fitting. The ids used go into its provenance.
+
+    `feature_cache` (a dict) is shared by reward models with the same backbone, layers and features, so a
+    solution's hidden states are computed once for all of them."""
+    allowed = set(problem_ids)
+    chosen = [s for s in solutions if s.problem_id in allowed]
+    if not chosen:
+        raise DataError(f"reward model training on {subset_name}: none of the {len(solutions)} graded solutions "
+                        f"belongs to its {len(allowed)} problems")
+    shell = EmbeddedHeadRM(rm_cfg, backbone)
+    if feature_cache is not None:
+        shell._cache = feature_cache
+    feats = shell.step_features([s.question for s in chosen], [s.steps for s in chosen])
+    x, y = training_rows(feats, chosen, rm_cfg.level)
+    head = fit_head(x, y, cfg)
+    used = sorted({s.problem_id for s in chosen})
+    label_stats = {
+        "solutions": len(chosen),
+        "problems": len(used),
+        "correct_solutions": int(sum(s.outcome for s in chosen)),
+        "training_rows": int(len(y)),
+        "labelled_intermediate_steps": int(sum(1 for s in chosen for t in s.step_targets[:-1] if t is not None)),
+    }
+    rm = EmbeddedHeadRM(rm_cfg, backbone, head, {
+        **(provenance or {}), "subset": subset_name, "cross_fitted": False, "labels": label_stats,
+        "training": asdict(cfg), "trained_on_problems": {"count": len(used), "ids_sha256": problem_ids_sha256(used),
+                                                         "ids": used}})
+    rm._cache = shell._cache
+    scores = [sc.score(rm_cfg.aggregation) for sc in rm.score_steps([s.question for s in chosen],
+                                                                     [s.steps for s in chosen])]
+    fit = outcome_metrics(scores, [s.outcome for s in chosen])
+    rm.provenance["fit_metrics_in_sample"] = fit
+    return SubsetTrainedRewardModel(rm, used, fit, label_stats)

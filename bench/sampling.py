@@ -49,7 +49,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--plain-batch", type=int, default=16, help="num_return_sequences per generate call")
     ap.add_argument("--plain-prompts", type=int, default=2, help="prompts for plain generate and llama.cpp (the slow ones)")
     ap.add_argument("--llamacpp-samples", type=int, default=8, help="samples per prompt for llama.cpp")
-    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,profile")
+    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,profile,contention")
+    ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
+    ap.add_argument("--contention-seconds", type=float, default=180,
+                    help="stop a contention row after this long and rate the samples finished so far")
     return ap.parse_args()
 
 
@@ -166,6 +169,44 @@ def run_fast(lm, texts, params, samples, batch, threads, matmul_dtype="float32")
     return res
 
 
+def run_contention(lm, texts, params, samples, batch, seconds) -> list[tuple[str, dict]]:
+    """The fast sampler alone, then beside one CPU-bound process (a busy loop), on the same workload:
+    with the thread count left to `CoreShare` (num_threads null) and pinned to every core (the old
+    default, whose OpenMP threads stall at each barrier behind the competitor). A row that runs past
+    `seconds` is stopped and rated on the samples it finished (the ones in flight are not counted)."""
+    import subprocess
+
+    cores = len(os.sched_getaffinity(0))
+    out = []
+    for label, threads, rival in [
+        ("alone, num_threads=null", None, False),
+        ("beside 1 CPU-bound process, num_threads=null", None, True),
+        (f"beside 1 CPU-bound process, num_threads={cores}", cores, True),
+    ]:
+        competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if rival else None
+        try:
+            FULL_SORTS[0] = 0
+            sampler = FastHFSampler(lm, batch_size=batch, num_threads=threads)
+            reqs = [SampleRequest(k, v, tuple(range(samples))) for k, v in texts.items()]
+            done = []
+            with Timer() as t:
+                for c in sampler.sample(reqs, params):
+                    done.append(c)
+                    if time.perf_counter() - t.wall > seconds:
+                        break
+        finally:
+            if competitor is not None:
+                competitor.kill()
+                competitor.wait()
+        res = {"tokens": sum(c.num_tokens for c in done), "samples": len(done), "wall": t.wall, "cpu": t.cpu,
+               "stopped": len(done) < samples * len(texts),
+               "threads": [n for _, n in sampler.cores.changes] or [sampler.cores.threads]}
+        out.append((label, res))
+        print(f"  contention, {label}: {rate_of(res):.1f} tok/s, threads {res['threads']}"
+              f"{' (stopped at the time limit)' if res['stopped'] else ''}", flush=True)
+    return out
+
+
 def run_llamacpp(lm, texts, params, samples, threads, gguf):
     from llama_cpp import Llama
 
@@ -279,6 +320,10 @@ def main() -> None:
                     rows.append((f"llama.cpp ({gguf.name}, sequential, prefix reuse)", th, res))
                     print(f"  llama.cpp, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
 
+    contention = []
+    if "contention" not in skip:
+        contention = run_contention(lm, texts, params, args.contention_samples, args.batch_size, args.contention_seconds)
+
     base = {th: r["tokens"] / r["wall"] for name, th, r in rows if name.startswith("plain") and r.get("tokens")}
     ceil = {th: r["rate"] for name, th, r in rows if name.startswith("fp32")}
     print(f"\nload average at end: {load():.2f}\n")
@@ -293,6 +338,16 @@ def main() -> None:
         x = f"{rate / base[th]:.2f}" if th in base else "-"
         print(f"| {name} | {th} | {r['samples']} | {r['tokens']} | {r['wall']:.1f} | {rate:.1f} | {r['samples'] / r['wall']:.2f} "
               f"| {r['tokens'] / max(r['cpu'], 1e-9):.1f} | {x} | {100 * rate / ceil[th]:.0f}% |")
+
+    if contention:
+        alone = rate_of(contention[0][1])
+        print(f"\nfast sampler beside a competing CPU-bound process ({len(texts)} prompts x {args.contention_samples} samples, "
+              f"batch {args.batch_size}; the machine's other users are not controlled)")
+        print("| fast sampler | threads used | samples | tokens | wall s | tok/s | x alone |")
+        print("|---|---|---|---|---|---|---|")
+        for label, r in contention:
+            print(f"| {label} | {r['threads']} | {r['samples']} | {r['tokens']} | {r['wall']:.1f} | {rate_of(r):.1f} "
+                  f"| {rate_of(r) / alone:.2f} |")
 
     for name, th, r in rows:
         if "stats" not in r:

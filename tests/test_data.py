@@ -186,6 +186,19 @@ def test_math_bad_level_is_an_error(tmp_path):
         load_problems(cfg("math"), tmp_path)
 
 
+def test_empty_file_is_one_line_naming_it(tmp_path):
+    path = _write(tmp_path, "gsm8k/test.jsonl", [])
+    with pytest.raises(DataError, match=rf"^{path}: no problems in the file") as err:
+        load_problems(cfg("gsm8k"), tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_selection_that_leaves_nothing_is_one_line_naming_file_and_selection():
+    with pytest.raises(DataError, match=r"math/test.jsonl: the selection .*'levels': \[9\].* leaves none of its \d+ problems") as err:
+        load_problems(cfg("math", levels=[9]), FIXTURES)
+    assert "\n" not in str(err.value)
+
+
 def test_missing_file_offline_is_one_line_naming_root_and_hub(tmp_path, monkeypatch):
     import datasets.config
     import huggingface_hub.constants

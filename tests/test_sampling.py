@@ -34,6 +34,40 @@ def tiny() -> LoadedModel:
     return load_model(OmegaConf.load(ROOT / "conf/model/tiny_random.yaml"))
 
 
+@pytest.fixture(scope="module")
+def exact(tiny) -> LoadedModel:
+    """The tiny model made a bigram model whose logits are exact in float32, so that any batch shape,
+    kernel or CPU computes them bit for bit: tests that compare *samples* across backends or batches
+    use it, since with the random model's near-uniform logits a last-bit difference can flip a draw.
+
+    The layers add exactly 0 (zero output projections); embeddings are +-1 and the norms have eps 0, so
+    the final norm is exactly the embedding; the output weights are integers in {-1, 0, 1} (logit
+    std ~2.5) plus a distinct multiple of 2^-16 per token through an always-on embedding unit, so every
+    logit is an exactly representable sum and no two tokens tie (a tie would let the two backends'
+    sorts order them differently).
+    """
+    model = copy.deepcopy(tiny.model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.copy_(torch.where(torch.rand(embed.shape, generator=gen) < 0.5, 1.0, -1.0))
+        embed[:, 0] = 1.0
+        signs = torch.where(torch.rand(head.shape, generator=gen) < 0.5, 1.0, -1.0)
+        head.copy_(torch.where(torch.rand(head.shape, generator=gen) < 0.1, signs, 0.0))
+        head[:, 0] = torch.arange(1, head.shape[0] + 1) / 2**16
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+            layer.input_layernorm.variance_epsilon = layer.post_attention_layernorm.variance_epsilon = 0.0
+        model.model.norm.variance_epsilon = model.config.rms_norm_eps = 0.0
+    lm = copy.copy(tiny)
+    lm.model = model
+    ids = tiny.tokenizer([PROMPTS["long"], PROMPTS["short"]], add_special_tokens=False, padding=True, return_tensors="pt").input_ids
+    with torch.inference_mode():  # the premise: batch shape does not change a single bit
+        assert torch.equal(model(ids).logits[0], model(ids[:1]).logits[0])
+    return lm
+
+
 def fast(lm, batch_size=4, **kw) -> FastHFSampler:
     return make_sampler(OmegaConf.create({"name": "hf", "batch_size": batch_size, **kw}), lm)
 
@@ -50,12 +84,23 @@ def by_key(completions):
     return {(c.key, c.index): c for c in completions}
 
 
+GREEDY_MARGIN = 1e-5  # relative top-2 logit gap: ~100x the rounding of a float32 forward in another batch shape
+
+
 def plain_greedy(lm: LoadedModel, prompt: str, params: SamplingParams) -> list[int]:
-    """transformers generate, batch 1, no padding: the unquestionable reference for greedy tokens."""
+    """transformers generate, batch 1, no padding: the unquestionable reference for greedy tokens.
+
+    Asserts that no step is a near tie, so the tokens are the same for any computation of these
+    logits that is right up to rounding (a backend in another batch shape, another CPU).
+    """
     ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.inference_mode():
-        out = lm.model.generate(ids, do_sample=False, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id)
-    return out[0, ids.shape[1] :].tolist()
+        out = lm.model.generate(ids, do_sample=False, max_new_tokens=params.max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id,
+                                output_scores=True, return_dict_in_generate=True)
+    for step, scores in enumerate(out.scores):
+        top = scores[0].float().topk(2).values
+        assert top[0] - top[1] > GREEDY_MARGIN * scores[0].abs().max(), f"near tie at step {step}: greedy is rounding-dependent"
+    return out.sequences[0, ids.shape[1] :].tolist()
 
 
 # ---- factory ---------------------------------------------------------------------------------
@@ -83,6 +128,28 @@ def test_bf16_matmuls_are_opt_in_and_checked(tiny):
         fast(tiny, matmul_dtype="float16")
     out = list(fast(tiny, matmul_dtype="bfloat16").sample(requests((0, 1)), SamplingParams(max_new_tokens=6)))
     assert sorted((c.key, c.index) for c in out) == sorted((k, i) for k in PROMPTS for i in (0, 1))
+
+
+def test_bfloat16_model_samples_with_either_matmul_dtype(tiny):
+    """A model loaded in bfloat16: the decode step upcasts it (float32 activations and caches) or keeps
+    bf16 products; it used to fail on the first cache write (bf16 keys into a float32 cache)."""
+    bf16 = copy.copy(tiny)
+    bf16.model = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    for matmul in ("float32", "bfloat16"):
+        s = fast(bf16, matmul_dtype=matmul)
+        out = list(s.sample(requests((0, 1)), SamplingParams(max_new_tokens=6, seed=4)))
+        assert sorted((c.key, c.index) for c in out) == sorted((k, i) for k in PROMPTS for i in (0, 1))
+        assert all(c.num_tokens == 6 and c.finish_reason == "length" for c in out)
+        assert s.numerics == {"matmul_dtype": matmul}
+    assert ref(bf16).numerics == {"matmul_dtype": "bfloat16"}  # generate multiplies in the model's dtype
+
+
+def test_numerics_name_what_changes_the_arithmetic(tiny):
+    from harness.sampling.base import Sampler
+
+    assert fast(tiny).numerics == ref(tiny).numerics == {"matmul_dtype": "float32"}
+    assert fast(tiny, matmul_dtype="bfloat16").numerics == {"matmul_dtype": "bfloat16"}
+    assert Sampler in type(fast(tiny)).__mro__ and Sampler in type(ref(tiny)).__mro__  # the property is inherited
 
 
 # ---- greedy ----------------------------------------------------------------------------------
@@ -120,29 +187,32 @@ def test_greedy_copies_one_decode_to_every_index(tiny):
         SamplingParams(temperature=0.6, top_p=0.95, top_k=100, max_new_tokens=20, stop=("e",), seed=3),
     ],
 )
-def test_fast_draws_the_same_samples_as_reference(tiny, params, monkeypatch):
-    """Same per-sample generator, same warper semantics: not only the same distribution, the same samples."""
+def test_fast_draws_the_same_samples_as_reference(exact, params, monkeypatch):
+    """Same per-sample generator, same warper semantics: not only the same distribution, the same samples
+    (on logits both backends compute bit for bit: see `exact`)."""
     monkeypatch.setattr(fast_module, "GEN_CHUNK", 4)
     monkeypatch.setattr(fast_module, "INITIAL_CAPACITY", 5)
-    a = by_key(fast(tiny, batch_size=3).sample(requests(), params))
-    b = by_key(ref(tiny).sample(requests(), params))
+    a = by_key(fast(exact, batch_size=3).sample(requests(), params))
+    b = by_key(ref(exact).sample(requests(), params))
     assert a.keys() == b.keys()
     same = sum(a[k] == b[k] for k in a)
     assert same == len(a), [(a[k], b[k]) for k in a if a[k] != b[k]]
+    assert len({c.text for c in a.values()}) > len(a) // 2  # real draws, not one likely continuation
 
 
-def test_same_sample_whatever_the_batch(tiny):
-    """(seed, key, index) alone decides a sample: batch size, neighbours and resume order do not matter."""
+def test_same_sample_whatever_the_batch(exact):
+    """(seed, key, index) alone decides a sample: batch size, neighbours and resume order do not matter
+    (given logits that do not change with the batch shape: see `exact`)."""
     params = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=16, stop=("a",), seed=7)
-    whole = by_key(fast(tiny, batch_size=16).sample(requests(range(6)), params))
-    one = by_key(fast(tiny, batch_size=1).sample(requests(range(6)), params))
+    whole = by_key(fast(exact, batch_size=16).sample(requests(range(6)), params))
+    one = by_key(fast(exact, batch_size=1).sample(requests(range(6)), params))
     resumed = by_key(
-        list(fast(tiny, batch_size=4).sample(requests((4, 5, 0)), params))
-        + list(fast(tiny, batch_size=3).sample([SampleRequest("long", PROMPTS["long"], (1, 2, 3))], params))
-        + list(fast(tiny, batch_size=2).sample([SampleRequest(k, PROMPTS[k], (1, 2, 3)) for k in ("short", "tiny")], params))
+        list(fast(exact, batch_size=4).sample(requests((4, 5, 0)), params))
+        + list(fast(exact, batch_size=3).sample([SampleRequest("long", PROMPTS["long"], (1, 2, 3))], params))
+        + list(fast(exact, batch_size=2).sample([SampleRequest(k, PROMPTS[k], (1, 2, 3)) for k in ("short", "tiny")], params))
     )
     assert whole == one == resumed
-    other_seed = by_key(fast(tiny).sample(requests(range(6)), SamplingParams(**{**params.as_dict(), "stop": ("a",), "seed": 8})))
+    other_seed = by_key(fast(exact).sample(requests(range(6)), SamplingParams(**{**params.as_dict(), "stop": ("a",), "seed": 8})))
     assert sum(whole[k].text != other_seed[k].text for k in whole) > len(whole) // 2
 
 
@@ -199,6 +269,12 @@ def test_nucleus_keeps_what_transformers_warpers_keep(params, scale):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 500, generator=gen) * scale
     logits[3, 7] = 50.0  # a row where one token holds all the mass
+    if params.top_p < 1.0:  # no kept set decided by rounding: every cumulative mass is clear of top_p
+        tempered = torch.sort(logits.double() / params.temperature, descending=True).values
+        if params.top_k:
+            tempered = tempered.masked_fill(tempered < tempered[:, params.top_k - 1 : params.top_k], float("-inf"))
+        above = torch.softmax(tempered, -1).cumsum(-1)
+        assert (above - params.top_p).abs().min() > 1e-5
     for candidates in (4, 64):  # 4: most rows overflow into the full-sort fallback
         probs, ids = nucleus(logits, params, candidates=candidates)
         scores = logits.clone()
@@ -217,9 +293,9 @@ def test_nucleus_keeps_what_transformers_warpers_keep(params, scale):
 # ---- stop strings, EOS, bookkeeping -------------------------------------------------------------
 
 
-def test_stop_strings_cut_and_counted(tiny):
+def test_stop_strings_cut_and_counted(exact):
     params = SamplingParams(temperature=1.0, max_new_tokens=30, stop=("e", "Q"), seed=5)
-    out = list(fast(tiny, batch_size=3).sample(requests(range(8)), params))
+    out = list(fast(exact, batch_size=3).sample(requests(range(8)), params))
     stopped = [c for c in out if c.finish_reason == "stop"]
     assert len(stopped) > len(out) // 2
     for c in out:
@@ -228,7 +304,7 @@ def test_stop_strings_cut_and_counted(tiny):
         assert c.finish_reason in ("stop", "length")
     # generate(stop_strings=...) stops the same samples at the same token (its count includes the
     # token that completed the stop string)
-    want = by_key(ref(tiny).sample(requests(range(8)), params))
+    want = by_key(ref(exact).sample(requests(range(8)), params))
     assert by_key(out) == want
 
 
@@ -280,9 +356,85 @@ def test_unsupported_architecture_falls_back_to_generate(tiny):
     neox.model = GPTNeoXForCausalLM(cfg).eval()
     s = fast(neox)
     assert s._fallback is not None and "gpt_neox" in s.unsupported
+    assert s.numerics == {"matmul_dtype": "float32"}  # generate's arithmetic, not the decode step's
     params = SamplingParams(temperature=1.0, max_new_tokens=5)
     out = list(s.sample(requests((0, 1)), params))
-    assert by_key(out) == by_key(ref(neox).sample(requests((0, 1)), params))
+    # the same computation in the same batch shapes, so the same bits: a random model's near-uniform
+    # logits computed in other shapes may round a draw the other way
+    assert by_key(out) == by_key(ref(neox, batch_size=s._fallback.batch_size).sample(requests((0, 1)), params))
+
+
+# ---- threads ----------------------------------------------------------------------------------------
+
+
+class _Machine:
+    """A simulated 2-core machine: wall clock, busy CPU time of all processes, this process's CPU time."""
+
+    def __init__(self, monkeypatch):
+        from harness.sampling import threads
+
+        self.wall = self.busy = self.own = 0.0
+        self.others, self.ours = 0.0, 0.0  # cores' worth of work
+        self.torch_threads = [2]
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(threads, "available_cpus", lambda: {0, 1})
+        monkeypatch.setattr(threads, "_cpu_busy_seconds", lambda cpus: self.busy)
+        monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: self.own)
+        monkeypatch.setattr(threads, "clock", lambda: self.wall)
+        monkeypatch.setattr(threads, "sleep", lambda s: self.advance(s, idle=True))
+        monkeypatch.setattr(torch, "get_num_threads", lambda: self.torch_threads[-1])
+        monkeypatch.setattr(torch, "set_num_threads", self.torch_threads.append)
+
+    def advance(self, seconds, idle=False):
+        ours = 0.0 if idle else self.ours
+        self.wall += seconds
+        self.busy += seconds * (self.others + ours)
+        self.own += seconds * ours
+
+
+def test_threads_follow_the_cores_others_leave_free(monkeypatch):
+    from harness.sampling.threads import RECHECK_SECONDS, CoreShare
+
+    m = _Machine(monkeypatch)
+    share = CoreShare()
+    assert share.start() == 2  # idle machine: a thread per core
+    m.others, m.ours = 1.0, 1.0  # a CPU-bound process arrives; ours spin-wait on the other core
+    m.advance(RECHECK_SECONDS / 2)
+    share.tick()
+    assert share.threads == 2  # not re-measured before the window ends
+    m.advance(RECHECK_SECONDS + 0.01)
+    share.tick()
+    assert share.threads == 1 and m.torch_threads[-1] == 1
+    m.others = 0.0  # it leaves
+    m.advance(RECHECK_SECONDS + 0.01)
+    share.tick()
+    assert share.threads == 2 and m.torch_threads[-1] == 2
+    m.others = 0.4  # light background work does not cost a core
+    m.advance(RECHECK_SECONDS + 0.01)
+    share.tick()
+    assert share.threads == 2
+    probed = m.wall
+    m.others = 1.0
+    share.start()  # the next `sample` call: no second probe, the window since the last measurement is too short
+    assert m.wall == probed and share.threads == 2
+    m.advance(RECHECK_SECONDS + 0.01)
+    assert share.start() == 1
+
+
+def test_threads_start_at_one_on_a_busy_machine_and_respect_explicit_counts(monkeypatch):
+    from harness.sampling.threads import CoreShare
+
+    m = _Machine(monkeypatch)
+    m.others = 1.5
+    assert CoreShare().start() == 1
+    fixed = CoreShare(2)
+    assert fixed.start() == 2  # backend.num_threads set: no measuring
+    m.advance(10)
+    fixed.tick()
+    assert fixed.threads == 2 and m.torch_threads[-1] == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    m.others = 0.0
+    assert CoreShare().start() == 1  # never more than OMP_NUM_THREADS
 
 
 # ---- vLLM (GPU): param translation without vllm, the sampler only where it is installed -------

@@ -73,6 +73,14 @@ def portable_tree(obj: Any, data_root: str | os.PathLike | None = None) -> Any:
     return obj
 
 
+def portable_argument(arg: str, data_root: str | os.PathLike | None = None) -> str:
+    """A command-line argument with its path made portable: `/abs/x`, `key=/abs/x`, `--opt=/abs/x`."""
+    key, sep, value = arg.partition("=")
+    if sep and os.path.isabs(value):
+        return f"{key}={portable(value, data_root)}"
+    return portable(arg, data_root) if os.path.isabs(arg) else arg
+
+
 def absolute_paths_in(texts: Iterable[str]) -> list[str]:
     """Absolute machine paths found in `texts` (used by tests that check a run's files are portable)."""
     markers = [str(PROJECT_ROOT)] + [str(b) for b in _package_roots()] + [os.path.expanduser("~") + "/"]

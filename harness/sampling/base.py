@@ -75,6 +75,20 @@ class Sampler(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    @property
+    def numerics(self) -> dict:
+        """What changes the numbers this backend computes beyond the model (whose identity carries its
+        dtype) and the sampling parameters: the sample store folds it into an entry's key, so samples
+        drawn with other arithmetic are never mixed. Default: the products run in the model's dtype."""
+        model = getattr(self, "model", None)
+        dtype = next(model.parameters()).dtype if model is not None else None
+        return {"matmul_dtype": dtype_name(dtype) if dtype is not None else "unknown"}
+
+
+def dtype_name(dtype: object) -> str:
+    """'bfloat16' for torch.bfloat16 (or the string itself): the spelling the store key uses."""
+    return str(dtype).removeprefix("torch.")
+
 
 def sample_seed(seed: int, key: str, index: int) -> int:
     """A 63-bit seed for one sample, independent of batch composition and draw order."""

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from harness.errors import ConfigError
-from harness.sampling.base import Completion, SampleRequest, SamplingParams
+from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, dtype_name
+from harness.sampling.threads import CoreShare
 from harness.sampling.hf import (
     HFGenerateSampler,
     draw_rows,
@@ -40,13 +41,12 @@ from harness.sampling.hf import (
     eos_token_ids,
     finish_completion,
     row_generator,
-    set_threads,
 )
 
 GEN_CHUNK = 64  # generated-key slots per attention chunk (see _Run._step)
 INITIAL_CAPACITY = 128  # generated-key slots allocated per row before the cache grows
-NUCLEUS_CANDIDATES = 64
-FULL_SORTS = [0]  # rows that needed the full-vocabulary sort (reported by bench/sampling.py)  # top candidates examined per row before falling back to a full sort
+NUCLEUS_CANDIDATES = 64  # top candidates examined per row before falling back to a full sort
+FULL_SORTS = [0]  # rows that needed the full-vocabulary sort (reported by bench/sampling.py)
 SUPPORTED = ("llama",)
 # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
 _CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
@@ -75,26 +75,27 @@ class _Weights:
         self.num_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
-        self.embed = inner.embed_tokens.weight.detach()
-        self.lm_head = model.lm_head.weight.detach()
-        self.final_norm = inner.norm.weight.detach()
+        # Activations, norms and caches are float32 whatever the model's dtype (a bfloat16 model is
+        # upcast, not decoded in bf16); only the matrix products take `matmul_dtype`. `.to` is a no-op
+        # when the dtype already matches, so a float32 model's weights are shared, not copied.
+        vector = lambda t: t.detach().float()  # noqa: E731
+        matrix = lambda t: t.detach().to(matmul_dtype).contiguous()  # noqa: E731
+        self.embed = vector(inner.embed_tokens.weight)
+        self.lm_head = matrix(model.lm_head.weight)
+        self.final_norm = vector(inner.norm.weight)
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
             self.layers.append(
                 (
-                    layer.input_layernorm.weight.detach(),
-                    torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().contiguous(),
-                    a.o_proj.weight.detach(),
-                    layer.post_attention_layernorm.weight.detach(),
-                    torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().contiguous(),
-                    m.down_proj.weight.detach(),
+                    vector(layer.input_layernorm.weight),
+                    matrix(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+                    matrix(a.o_proj.weight),
+                    vector(layer.post_attention_layernorm.weight),
+                    matrix(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+                    matrix(m.down_proj.weight),
                 )
             )
-        if matmul_dtype != torch.float32:  # opt-in: AMX bf16 products, not the reference numerics
-            cast = lambda t: t.to(matmul_dtype)  # noqa: E731
-            self.lm_head = cast(self.lm_head)
-            self.layers = [(a, cast(b), cast(c), d, cast(e), cast(f)) for a, b, c, d, e, f in self.layers]
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 4096))
         positions = torch.arange(self.max_positions)[None]
         with torch.no_grad():
@@ -144,7 +145,7 @@ class Stats:
         return dict(self.__dict__)
 
 
-class FastHFSampler:
+class FastHFSampler(Sampler):
     name = "hf"
 
     def __init__(
@@ -164,14 +165,22 @@ class FastHFSampler:
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(16, int(max_batch_tokens))
         self.eos_ids = eos_token_ids(loaded_model)
-        set_threads(num_threads)
+        self.cores = CoreShare(num_threads)  # null: one thread per free core, re-checked as the run goes
         self.unsupported = supports(self.model)
-        self._fallback = HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16)) if self.unsupported else None
+        self._fallback = (
+            HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16), num_threads=num_threads) if self.unsupported else None
+        )
         self._w: _Weights | None = None
         self.stats = Stats()
 
     def count_tokens(self, text: str) -> int:
         return len(encode_prompt(self.tokenizer, text))
+
+    @property
+    def numerics(self) -> dict:
+        if self._fallback is not None:
+            return self._fallback.numerics
+        return {"matmul_dtype": dtype_name(self.matmul_dtype)}
 
     # --------------------------------------------------------------------------------------------
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams) -> Iterator[Completion]:
@@ -180,6 +189,7 @@ class FastHFSampler:
             return
         if self._w is None:
             self._w = _Weights(self.model, self.matmul_dtype)
+        self.cores.start()
         with torch.inference_mode():
             yield from _Run(self, requests, params).run()
 
@@ -247,8 +257,8 @@ class _Run:
         return _Group(
             request=req,
             length=len(ids),
-            keys=[layer.keys.contiguous() for layer in cache.layers],
-            values=[layer.values.contiguous() for layer in cache.layers],
+            keys=[layer.keys.float().contiguous() for layer in cache.layers],  # float32 like the decode step
+            values=[layer.values.float().contiguous() for layer in cache.layers],
             logits=out.logits[0, -1].float(),
             pending=deque(indices),
         )
@@ -325,6 +335,7 @@ class _Run:
                 for c in self._fill(list(range(self.B))):
                     yield from self._emit(c)
                 continue
+            self.s.cores.tick()
             n = live[-1] + 1  # rows beyond the last live one are not computed
             if len(live) < n * 3 // 4 and not self._has_pending():
                 self._compact(live)

@@ -13,17 +13,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from harness.sampling.base import Completion, SampleRequest, SamplingParams, cut_at_stop, sample_seed
+from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, cut_at_stop, sample_seed
+from harness.sampling.threads import CoreShare
 
 
 # ------------------------------------------------------------------------------------------------
 # pieces shared with the fast backend
-
-
-def set_threads(num_threads: int | None) -> None:
-    """null keeps torch's default (one thread per core)."""
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
 
 
 def eos_token_ids(loaded: Any) -> list[int]:
@@ -144,7 +139,7 @@ def warpers(params: SamplingParams) -> list:
 # ------------------------------------------------------------------------------------------------
 
 
-class HFGenerateSampler:
+class HFGenerateSampler(Sampler):
     """transformers `generate`, left-padded batches of `batch_size` rows (prompt copies for n samples)."""
 
     name = "hf_generate"
@@ -156,7 +151,7 @@ class HFGenerateSampler:
         self.batch_size = max(1, int(batch_size))
         self.use_stop_strings = use_stop_strings
         self.eos_ids = eos_token_ids(loaded_model)
-        set_threads(num_threads)
+        self.cores = CoreShare(num_threads)  # null: one thread per free core, re-checked per batch
 
     def count_tokens(self, text: str) -> int:
         return len(encode_prompt(self.tokenizer, text))
@@ -168,7 +163,9 @@ class HFGenerateSampler:
             rows = [(r, r.indices[0]) for r in requests if r.indices]
         else:
             rows = [(r, i) for r in requests for i in r.indices]
+        self.cores.start()
         for start in range(0, len(rows), self.batch_size):
+            self.cores.tick()
             batch = rows[start : start + self.batch_size]
             outputs = self._generate([encoded[r.key] for r, _ in batch], [(r.key, i) for r, i in batch], params)
             for (req, index), tokens in zip(batch, outputs):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Sequence
 
 from harness.errors import ConfigError
-from harness.sampling.base import Completion, SampleRequest, SamplingParams, cut_at_stop, sample_seed
+from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, cut_at_stop, dtype_name, sample_seed
 
 MISSING = "backend.name=vllm: vllm is not installed (pip install llm-replications[vllm], needs a GPU)"
 
@@ -43,7 +43,7 @@ def completion_from_output(key: str, index: int, out: Any, prompt_tokens: int, s
     return Completion(key, index, text, len(out.token_ids), prompt_tokens, reason)
 
 
-class VLLMSampler:
+class VLLMSampler(Sampler):
     name = "vllm"
 
     def __init__(
@@ -75,6 +75,12 @@ class VLLMSampler:
             kwargs["max_num_batched_tokens"] = int(max_batch_tokens)
         # vLLM loads its own copy of the weights; the transformers model is not needed on the GPU.
         self.llm = vllm.LLM(**kwargs)
+        resolved = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", dtype)
+        self._numerics = {"matmul_dtype": dtype_name(resolved), "kernels": "vllm"}  # GPU kernels round differently
+
+    @property
+    def numerics(self) -> dict:
+        return dict(self._numerics)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)

@@ -6,8 +6,9 @@ is a finished checkpoint and a killed save leaves only a `.partial` to be redone
     training.json                                     training config, data provenance, metrics, weights sha256
     model.yaml                                        a conf/model config for harness.models.loading.load_model
 
-The model name in model.yaml carries a hash of the weights, so the sample store (keyed by
-`name@path`) never serves samples of an older checkpoint that was written to the same path.
+The model name in model.yaml carries a hash of the weights, so a checkpoint rewritten at the same path is
+never taken for the older one. Every path written (model.yaml, training.json) is portable
+(harness.reporting.paths): project-relative inside the checkout, `external:<name>` elsewhere.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import DataError
+from harness.reporting.paths import portable, portable_tree
 
 MODEL_CONFIG = "model.yaml"
 TRAINING_META = "training.json"
@@ -35,7 +37,11 @@ class Checkpoint:
 
     @property
     def model_config(self) -> DictConfig:
-        return OmegaConf.load(self.dir / MODEL_CONFIG)
+        """model.yaml with `path` pointing at this folder: the file spells its path portably (it may read
+        `external:<name>`, or the checkpoint may have moved), but the folder it sits in is the checkpoint."""
+        cfg = OmegaConf.load(self.dir / MODEL_CONFIG)
+        cfg.path = str(self.dir)
+        return cfg
 
     def load(self):
         """The checkpoint as a harness LoadedModel (its identity differs from the base model's)."""
@@ -83,11 +89,13 @@ def save_checkpoint(
     chat_template: bool,
     meta: Mapping[str, Any],
     dtype: str = "float32",
+    data_root: str | Path | None = None,
 ) -> Checkpoint:
     """Save weights + tokenizer + provenance atomically; returns the finished checkpoint.
 
     `directory` should be a path relative to the working directory (e.g. results/rest/<run>/checkpoints/iter1):
-    it becomes the model's `path`, hence part of its store identity.
+    it becomes the model's `path`. The metadata is written with portable paths (`data_root`: the data files'
+    root, for `data:` spellings of the training data's files).
     """
     final = Path(directory)
     partial = final.with_name(final.name + ".partial")
@@ -101,7 +109,7 @@ def save_checkpoint(
     full_name = f"{name}-{digest[:8]}"
     model_cfg = {
         "name": full_name,
-        "path": str(final),
+        "path": portable(final),  # project-relative for a checkpoint under results/ (loadable from the checkout)
         "chat_template": bool(chat_template),
         "dtype": dtype,
         "num_parameters": int(sum(p.numel() for p in plain.parameters())),
@@ -111,7 +119,8 @@ def save_checkpoint(
         + OmegaConf.to_yaml(OmegaConf.create(model_cfg))
     )
     record = {"name": full_name, "weights_sha256": digest, **dict(meta)}
-    (partial / TRAINING_META).write_text(json.dumps(record, indent=2, default=str))
+    written = portable_tree(json.loads(json.dumps(record, default=str)), data_root)
+    (partial / TRAINING_META).write_text(json.dumps(written, indent=2))
     if final.exists():  # an older checkpoint at this path (a rerun without resume): replaced whole
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -137,5 +146,9 @@ def export_model_config(checkpoint: Checkpoint, conf_dir: str | Path, option: st
     path = Path(conf_dir) / "model" / f"{option}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = OmegaConf.to_container(checkpoint.model_config)
-    path.write_text(f"# The checkpoint {checkpoint.dir} (see its {TRAINING_META}).\n" + OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    # Portable (project-relative, loadable from the checkout) when the checkpoint lies in the project; a
+    # checkpoint elsewhere keeps its real path, since `external:<name>` could not be loaded from this config.
+    spelled = portable(checkpoint.dir)
+    cfg["path"] = str(checkpoint.dir) if spelled.startswith("external:") else spelled
+    path.write_text(f"# The checkpoint {cfg['path']} (see its {TRAINING_META}).\n" + OmegaConf.to_yaml(OmegaConf.create(cfg)))
     return path

@@ -6,7 +6,7 @@ unknown key fails at start-up with one line naming the key, before any model is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -186,3 +186,17 @@ def check_sampling(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, key)
             if isinstance(value, int) and not isinstance(value, bool) and value < 1:
                 raise ConfigError(f"config key '{key}': must be >= 1, got {value}")
+
+
+def require_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """A one-line ConfigError unless `value` is one of `choices` (the key is the full config path)."""
+    if value not in choices:
+        raise ConfigError(f"config key '{key}': '{value}' is not one of {', '.join(choices)}")
+
+
+def require_at_least(key: str, value: Any, low: float, allow_none: bool = False) -> None:
+    """A one-line ConfigError unless `value >= low` (or None, where `allow_none`)."""
+    if value is None and allow_none:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"config key '{key}': must be >= {low}{' or null' if allow_none else ''}, got {value}")

@@ -13,23 +13,10 @@ runs both arms on the ladder; rerunning the same command resumes a killed run at
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
-from harness.cli import hydra_entry
-from harness.reporting.run import start_run
+from harness.pipeline.recipe import recipe_entry
 from replications.r3 import loop, report
 
-
-def r3(cfg: DictConfig) -> None:
-    run = start_run(cfg, "r3")
-    recipe = loop.setup(cfg, run)
-    results = recipe.run_all()
-    with run.stage("report"):
-        path = report.write(run, recipe, results, cfg)
-    print(f"report: {path}")
-
-
-main = hydra_entry("r3", r3)
+main = recipe_entry("r3", loop.setup, report.write)
 
 if __name__ == "__main__":
     main()

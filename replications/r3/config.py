@@ -6,7 +6,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from harness.config import validate
+from harness.config import require_at_least, require_choice, validate
 from harness.errors import ConfigError
 from harness.training.rl import RLConfig, rl_config
 from replications.r3.curriculum import SCHEDULES
@@ -47,16 +47,12 @@ def r3_settings(cfg: DictConfig) -> R3Settings:
     if not s.arms:
         raise ConfigError("config key 'r3.arms': give at least one schedule")
     for arm in s.arms:
-        if arm not in SCHEDULES:
-            raise ConfigError(f"config key 'r3.arms': '{arm}' is not one of {', '.join(SCHEDULES)}")
+        require_choice("r3.arms", arm, SCHEDULES)
     if len(set(s.arms)) != len(s.arms):
         raise ConfigError(f"config key 'r3.arms': a schedule is listed twice: {s.arms}")
-    if s.steps < 1:
-        raise ConfigError(f"config key 'r3.steps': must be >= 1, got {s.steps}")
-    if s.stages is not None and s.stages < 1:
-        raise ConfigError(f"config key 'r3.stages': must be >= 1 or null, got {s.stages}")
-    if s.eval.greedy_max_new_tokens < 1:
-        raise ConfigError(f"config key 'r3.eval.greedy_max_new_tokens': must be >= 1, got {s.eval.greedy_max_new_tokens}")
+    require_at_least("r3.steps", s.steps, 1)
+    require_at_least("r3.stages", s.stages, 1, allow_none=True)
+    require_at_least("r3.eval.greedy_max_new_tokens", s.eval.greedy_max_new_tokens, 1)
     reward_values(s)
     rl_settings(cfg, s)
     return s

@@ -28,6 +28,7 @@ from harness.data.prompts import PromptSpec, load_prompt
 from harness.errors import ConfigError
 from harness.grading.grader import Grader
 from harness.pipeline.experiment import BASE, Experiment, Policy, setup_experiment
+from harness.pipeline.recipe import Recipe
 from harness.pipeline.iterated import PolicyLoop, StageFailure, sample_info
 from harness.reporting.run import Run
 from harness.sampling.base import SamplingParams
@@ -44,8 +45,7 @@ CONFIG_KEYS = ("model", "dataset", "train_dataset", "prompt", "backend", "traini
 
 
 @dataclass
-class R3:
-    loop: PolicyLoop
+class R3(Recipe):
     settings: R3Settings
     rl: RLConfig
     rewards: RewardValues
@@ -53,14 +53,6 @@ class R3:
     test: ProblemSet
     spec: PromptSpec
     greedy_params: SamplingParams
-
-    @property
-    def run(self) -> Run:
-        return self.loop.run
-
-    @property
-    def exp(self) -> Experiment:
-        return self.loop.exp
 
     def run_all(self) -> dict:
         s, loop = self.settings, self.loop

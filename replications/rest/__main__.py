@@ -13,23 +13,10 @@ same command resumes a killed run at the stage where it stopped (ledger.json in 
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
-from harness.cli import hydra_entry
-from harness.reporting.run import start_run
+from harness.pipeline.recipe import recipe_entry
 from replications.rest import loop, report
 
-
-def rest(cfg: DictConfig) -> None:
-    run = start_run(cfg, "rest")
-    steps = loop.setup(cfg, run)
-    results = steps.run_all()
-    with run.stage("report"):
-        path = report.write(run, steps, results, cfg)
-    print(f"report: {path}")
-
-
-main = hydra_entry("rest", rest)
+main = recipe_entry("rest", loop.setup, report.write)
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING, DictConfig
 
-from harness.config import SamplingConfig, validate
+from harness.config import SamplingConfig, require_at_least, require_choice, validate
 from harness.errors import ConfigError
 
 ALGORITHMS = ("rest_em", "rest")
@@ -44,14 +44,10 @@ class RestSettings:
 
 def rest_settings(cfg: DictConfig) -> RestSettings:
     s = validate(cfg, RestSettings, "rest")
-    if s.algorithm not in ALGORITHMS:
-        raise ConfigError(f"rest.algorithm: '{s.algorithm}' is not one of {', '.join(ALGORITHMS)}")
-    if s.reward not in REWARDS:
-        raise ConfigError(f"rest.reward: '{s.reward}' is not one of {', '.join(REWARDS)}")
-    if s.iterations < 1:
-        raise ConfigError(f"rest.iterations: must be >= 1, got {s.iterations}")
-    if s.samples_per_problem < 1:
-        raise ConfigError(f"rest.samples_per_problem: must be >= 1, got {s.samples_per_problem}")
+    require_choice("rest.algorithm", s.algorithm, ALGORITHMS)
+    require_choice("rest.reward", s.reward, REWARDS)
+    require_at_least("rest.iterations", s.iterations, 1)
+    require_at_least("rest.samples_per_problem", s.samples_per_problem, 1)
     if not s.thresholds:
         raise ConfigError("rest.thresholds: give at least one threshold (one Improve step each)")
     if any(b < a for a, b in zip(s.thresholds, s.thresholds[1:])):
@@ -60,8 +56,7 @@ def rest_settings(cfg: DictConfig) -> RestSettings:
         raise ConfigError("rest.thresholds: ReST-EM has one Improve step per iteration; give one threshold")
     if not 0.0 <= s.reference_fraction < 1.0:
         raise ConfigError(f"rest.reference_fraction: must be in [0, 1), got {s.reference_fraction}")
-    if s.max_per_problem is not None and s.max_per_problem < 1:
-        raise ConfigError(f"rest.max_per_problem: must be >= 1 or null, got {s.max_per_problem}")
+    require_at_least("rest.max_per_problem", s.max_per_problem, 1, allow_none=True)
     if s.eval.samples and any(k > s.eval.samples or k < 1 for k in s.eval.ks):
         raise ConfigError(f"rest.eval.ks: every k must be in 1..rest.eval.samples={s.eval.samples}, got {s.eval.ks}")
     return s

@@ -21,6 +21,7 @@ from harness.data.problems import ProblemSet, load_problems
 from harness.data.prompts import PromptSpec, load_prompt
 from harness.errors import ConfigError
 from harness.pipeline.experiment import BASE, Experiment, Policy, setup_experiment
+from harness.pipeline.recipe import Recipe
 from harness.pipeline.iterated import PolicyLoop, StageFailure, derived_seed, sample_info
 from harness.reporting.run import Run
 from harness.sampling.base import SamplingParams
@@ -35,8 +36,7 @@ CONFIG_KEYS = ("model", "dataset", "train_dataset", "prompt", "sampling", "train
 
 
 @dataclass
-class Rest:
-    loop: PolicyLoop
+class Rest(Recipe):
     settings: RestSettings
     train: ProblemSet
     test: ProblemSet
@@ -44,14 +44,6 @@ class Rest:
     grow_params: SamplingParams
     greedy_params: SamplingParams
     eval_params: SamplingParams
-
-    @property
-    def run(self) -> Run:
-        return self.loop.run
-
-    @property
-    def exp(self) -> Experiment:
-        return self.loop.exp
 
     def run_all(self) -> dict:
         s, loop = self.settings, self.loop

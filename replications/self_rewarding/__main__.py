@@ -15,23 +15,10 @@ command resumes a killed run at the stage where it stopped (ledger.json in the r
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig
-
-from harness.cli import hydra_entry
-from harness.reporting.run import start_run
+from harness.pipeline.recipe import recipe_entry
 from replications.self_rewarding import loop, report
 
-
-def self_rewarding(cfg: DictConfig) -> None:
-    run = start_run(cfg, "self_rewarding")
-    steps = loop.setup(cfg, run)
-    results = steps.run_all()
-    with run.stage("report"):
-        path = report.write(run, steps, results, cfg)
-    print(f"report: {path}")
-
-
-main = hydra_entry("self_rewarding", self_rewarding)
+main = recipe_entry("self_rewarding", loop.setup, report.write)
 
 if __name__ == "__main__":
     main()

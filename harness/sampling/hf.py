@@ -54,7 +54,7 @@ def draw_rows(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> tor
     categorical sampling, and it consumes exactly one number per row per step, so a sample's stream
     does not depend on the batch.
     """
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)  # CPU generators
     cdf = probs.double().cumsum(-1)
     threshold = (u * cdf[:, -1]).unsqueeze(-1)
     pos = (cdf <= threshold).sum(-1)
@@ -200,8 +200,8 @@ class HFGenerateSampler(Sampler):
         )
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
+                input_ids=input_ids.to(self.model.device),  # built on the CPU; generate does not move them
+                attention_mask=mask.to(self.model.device),
                 generation_config=config,
                 logits_processor=processors,
                 tokenizer=self.tokenizer if config.stop_strings else None,

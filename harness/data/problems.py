@@ -1,7 +1,8 @@
-"""Problems of GSM8K and MATH: local JSONL files under the data root, or the Hugging Face hub.
+"""Problems of GSM8K and MATH (local JSONL files under the data root, or the Hugging Face hub) and of the
+generated difficulty ladder (harness.data.ladder: materialised on first use, outside the read-only data root).
 
 A dataset config (conf/dataset/<name>.yaml) names a file relative to the data root and a hub
-fallback. Subset selection is deterministic and happens in one fixed order, so that every shard of
+fallback, or (kind: ladder) the generator's config. Subset selection is deterministic and happens in one fixed order, so that every shard of
 a multirun job agrees on the subset before taking its own stride of it:
 
     level/subject filters -> seeded shuffle (if seed is set) -> offset/limit -> shard stride
@@ -20,13 +21,14 @@ from typing import Any, Iterable, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import validate
+from harness.data.ladder import LadderConfig, check_config, check_levels, ladder_file
 from harness.errors import ConfigError, DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding pyproject.toml
 DATASET_CONF_DIR = PROJECT_ROOT / "conf" / "dataset"
 DATA_ROOT_ENV = "LLMREP_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("..") / "shared" / "data"  # relative to PROJECT_ROOT
-KINDS = ("gsm8k", "math")
+KINDS = ("gsm8k", "math", "ladder")  # ladder: generated here (harness.data.ladder), no data-root file
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class DatasetConfig:
     levels: Optional[list[int]] = None
     subjects: Optional[list[str]] = None
     shard: ShardConfig = field(default_factory=ShardConfig)
+    ladder: Optional[LadderConfig] = None  # kind=ladder: the generator's config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +132,11 @@ def as_dataset_config(cfg: Any) -> DatasetConfig:
     out = validate(OmegaConf.create({"dataset": node}), DatasetConfig, "dataset")
     if out.kind not in KINDS:
         raise ConfigError(f"config key 'dataset.kind': '{out.kind}' is not one of {', '.join(KINDS)}")
+    if out.kind == "ladder":
+        if out.ladder is None:
+            raise ConfigError(f"config key 'dataset.ladder': dataset '{out.name}' has kind ladder but no generator config")
+        check_config(out.ladder)
+        check_levels(out.levels)
     return out
 
 
@@ -193,7 +201,21 @@ def math_problem(row: dict, split: str, index: int, where: str) -> Problem:
     return Problem(id=uid, question=problem, answer=answer, solution=solution, dataset="math", metadata=meta)
 
 
-_PARSERS = {"gsm8k": gsm8k_problem, "math": math_problem}
+def ladder_problem(row: dict, split: str, index: int, where: str) -> Problem:
+    """A generated ladder row: GSM8K's fields (graded as GSM8K) plus its own id, level and step lines."""
+    base = gsm8k_problem(row, split, index, where)
+    level = row.get("level")
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise DataError(f"{where}: field 'level' must be an int, got {level!r}")
+    steps = row.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        raise DataError(f"{where}: field 'steps' must be a list of strings")
+    meta = {**base.metadata, "level": level, "steps": steps}
+    return Problem(id=_require_str(row, "id", where), question=base.question, answer=base.answer,
+                   solution=base.solution, dataset="gsm8k", metadata=meta)
+
+
+_PARSERS = {"gsm8k": gsm8k_problem, "math": math_problem, "ladder": ladder_problem}
 
 
 def subject_id(subject: str) -> str:
@@ -308,8 +330,12 @@ def _load_hub(cfg: DatasetConfig, root: Path) -> tuple[list[Problem], str, str]:
 # selection
 
 
-def select(problems: Sequence[Problem], cfg: DatasetConfig) -> list[Problem]:
-    """Filters -> seeded shuffle -> offset/limit -> shard stride (see the module docstring)."""
+def select(problems: Sequence[Problem], cfg: DatasetConfig, source: str | None = None) -> list[Problem]:
+    """Filters -> seeded shuffle -> offset/limit -> shard stride (see the module docstring).
+
+    Nothing selected is a DataError naming `source` (the file), raised while loading problems, before a
+    model is loaded for nothing; one shard of a multirun may still be empty (more shards than problems).
+    """
     chosen = list(problems)
     if cfg.levels is not None:
         wanted = set(cfg.levels)
@@ -334,6 +360,11 @@ def select(problems: Sequence[Problem], cfg: DatasetConfig) -> list[Problem]:
         raise ConfigError(f"config key 'dataset.limit': must be >= 1 or null, got {cfg.limit}")
     end = None if cfg.limit is None else cfg.offset + cfg.limit
     chosen = chosen[cfg.offset : end]
+    if not chosen:
+        where = source or f"dataset '{cfg.name}'"
+        if not problems:
+            raise DataError(f"{where}: no problems in the file ('{cfg.name}' split {cfg.split})")
+        raise DataError(f"{where}: the selection {_selection_dict(cfg)} leaves none of its {len(problems)} problems")
     count, index = cfg.shard.count, cfg.shard.index
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"config key 'dataset.shard': need 0 <= index < count, got index={index} count={count}")
@@ -354,10 +385,13 @@ def _selection_dict(cfg: DatasetConfig) -> dict:
 def load_problems(dataset_cfg: Any, data_root: str | Path | None = None) -> ProblemSet:
     """The problems a dataset config selects, from the local file or (if absent) the hub."""
     cfg = as_dataset_config(dataset_cfg)
-    root = resolve_data_root(data_root)
-    if not cfg.file:
-        raise ConfigError(f"config key 'dataset.file': dataset '{cfg.name}' names no file")
-    path = root / cfg.file
+    if cfg.kind == "ladder":  # generated on first use, into a writable place (the data root is read-only)
+        path = ladder_file(cfg.ladder, cfg.split)
+    else:
+        root = resolve_data_root(data_root)
+        if not cfg.file:
+            raise ConfigError(f"config key 'dataset.file': dataset '{cfg.name}' names no file")
+        path = root / cfg.file
     if path.is_file():
         problems, sha, source = *_load_file(path, cfg.kind, cfg.split), str(path)
     else:
@@ -365,7 +399,7 @@ def load_problems(dataset_cfg: Any, data_root: str | Path | None = None) -> Prob
     return ProblemSet(
         name=cfg.name,
         split=cfg.split,
-        problems=select(problems, cfg),
+        problems=select(problems, cfg, source),
         source=source,
         sha256=sha,
         total=len(problems),

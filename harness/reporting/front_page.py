@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,33 @@ class RunEntry:
     claims: RunClaims | None  # None: the run has no claims.json
 
 
-def find_runs(root: Path) -> list[RunEntry]:
-    """Every run directory under `root` (one holding report.md or claims.json), sorted by its path."""
+def _committed_files(root: Path) -> set[str] | None:
+    """Files under `root` that git tracks (relative to root), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=root, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return {name for name in out.stdout.decode().split("\0") if name}
+
+
+def find_runs(root: Path, committed_only: bool = True) -> list[RunEntry]:
+    """Every run directory under `root` (one holding report.md or claims.json), sorted by its path.
+
+    The front page is about the committed runs: in a git checkout a run counts once its report or claims
+    are tracked, so scratch runs lying in results/ neither appear nor make `--check` fail."""
+    root = Path(root)
+    tracked = _committed_files(root) if committed_only else None
     found = []
     for directory, subdirs, files in os.walk(root):
         here = Path(directory)
         # pruned, not filtered afterwards: the sample store under results/ can hold many large files
         subdirs[:] = [d for d in subdirs if not d.startswith(".") and not (here == root and d in _NOT_RUNS)]
         if here != root and ("report.md" in files or CLAIMS_FILE in files):
-            found.append(here.relative_to(root).as_posix())
+            relative = here.relative_to(root).as_posix()
+            if tracked is None or f"{relative}/report.md" in tracked or f"{relative}/{CLAIMS_FILE}" in tracked:
+                found.append(relative)
     return [_entry(root, root / relative) for relative in sorted(found)]
 
 

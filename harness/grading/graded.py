@@ -77,9 +77,11 @@ def grade_samples(
     out["correct_lenient"] = [bool(r["correct_lenient"]) for r in rows]
     out["correct"] = out[f"correct_{mode}"]
     out["answered"] = [bool(r["answered"]) for r in rows]
-    out["extracted"] = [r[f"extracted_{mode}"] for r in rows]
-    out["status"] = [r[f"status_{mode}"] for r in rows]
-    out["vote_answer"] = [normalize_for_vote(answer, dataset) for answer in out["extracted"]]
+    # object columns: pandas >= 3 infers a string dtype from a list of str and None and turns None into NaN
+    extracted = [r[f"extracted_{mode}"] for r in rows]
+    out["extracted"] = pd.Series(extracted, index=out.index, dtype=object)
+    out["status"] = pd.Series([r[f"status_{mode}"] for r in rows], index=out.index, dtype=object)
+    out["vote_answer"] = pd.Series([normalize_for_vote(a, dataset) for a in extracted], index=out.index, dtype=object)
     out.attrs["unsettled"] = unsettled
     return out
 

@@ -6,6 +6,9 @@
     fit           log coverage(k) ≈ a · k^b                     (exponentiated power law)
     selection(k)  = E_x E_{S ⊂ samples, |S|=k}[ pick(S) correct ] for majority vote / reward model
     claims:       coverage keeps rising with k; selection saturates well below it.
+
+On CPU the same measurements run a second time per level of the difficulty ladder (`monkeys.ladder`), with the
+SFT warm start, which sits at the edge of its ability there (the embedded base model solves almost no GSM8K).
 """
 from __future__ import annotations
 
@@ -21,9 +24,15 @@ from replications.monkeys.config import check_config
 def monkeys(cfg: DictConfig) -> None:
     check_config(cfg)
     run = start_run(cfg, "monkeys")
-    exp = setup_experiment(cfg, run)
+    ladder_on = bool(cfg.monkeys.ladder.enabled)
+    # the ladder's model samples first, so the run's model is loaded once, for the rest of the run
+    exp = setup_experiment(cfg, run, load=not ladder_on)
     spec = prompt_from_cfg(cfg.prompt)
 
+    ladder_draw = None
+    if ladder_on:
+        with run.stage("ladder: repeated sampling"):
+            ladder_draw = analysis.sample_ladder(exp, cfg)
     with run.stage("repeated sampling"):
         graded = exp.sample_and_grade(spec, n=cfg.samples)
     if cfg.mode == "sample":
@@ -34,6 +43,8 @@ def monkeys(cfg: DictConfig) -> None:
 
     with run.stage("coverage and fit"):
         results = analysis.analyse(graded, cfg)
+        if ladder_draw is not None:
+            results.ladder = analysis.analyse_ladder(ladder_draw, cfg)
     with run.stage("greedy baseline (ours vs lm-eval)"):
         results.greedy = analysis.greedy_baselines(exp, cfg)
 

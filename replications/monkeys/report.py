@@ -13,7 +13,7 @@ from harness.data.prompts import PromptSpec
 from harness.reporting.published import load_published, side_by_side
 from harness.reporting.report import Claim, Report, format_estimate
 from harness.reporting.run import Run
-from replications.monkeys.analysis import MonkeysResults, fitted_curve
+from replications.monkeys.analysis import LadderResults, MonkeysResults, fitted_curve
 
 METRIC_LABELS = {"majority_vote": "majority vote", "rm_best_of_k": "reward model best-of-k",
                  "rm_weighted_vote": "reward-weighted majority vote"}
@@ -79,6 +79,48 @@ def _published(res: MonkeysResults, dataset: str, our_model: str, models: list[s
     return pd.DataFrame(rows), full
 
 
+def ladder_fit_frame(ladder: LadderResults) -> pd.DataFrame:
+    """ladder_fit.csv: the power-law fit per level, or why there is none."""
+    return pd.DataFrame([{"level": lv.level, "n_problems": lv.n_problems,
+                          "a": lv.fit.a if lv.fit else None, "b": lv.fit.b if lv.fit else None,
+                          "r2_log": lv.fit.r2_log if lv.fit else None, "n_points": lv.fit.n_points if lv.fit else 0,
+                          "no_fit": lv.fit_error or ""} for lv in ladder.levels])
+
+
+def _ladder_section(rep: Report, run: Run, ladder: LadderResults, cfg: DictConfig) -> None:
+    settings = cfg.monkeys.ladder
+    n_per_level = sorted({lv.n_problems for lv in ladder.levels})
+    rep.heading(f"Coverage vs k per ladder level: {ladder.model}")
+    where = f", checkpoint `{portable(ladder.policy['path'])}`" if ladder.policy.get("path") else ""
+    rep.text(
+        f"Model `{ladder.model}` (loaded as `{ladder.loaded_name}`{where}, weights `{ladder.identity}`) on the "
+        f"difficulty ladder `{settings.dataset}` (harness/data/ladder.py), levels "
+        f"{', '.join(str(lv.level) for lv in ladder.levels)}, the first {'/'.join(map(str, n_per_level))} test "
+        f"problems of each; prompt `{settings.prompt}`; {ladder.n_samples} samples per problem at the run's "
+        f"temperature {cfg.sampling.temperature} and top_p {cfg.sampling.top_p}, max {settings.max_new_tokens} new "
+        f"tokens; grader `{cfg.grader.method}`, {cfg.grader.get('mode', 'configured')} verdicts. Coverage per level "
+        f"is a mean over that level's problems with a bootstrap 95% CI over them.")
+    frame = ladder.coverage_frame()
+    path = curve_plot(frame.assign(level=[f"level {lv}" for lv in frame["level"]]), "k", "coverage",
+                      run.path("ladder_coverage.png"), group="level",
+                      title=f"Coverage vs samples per ladder level: {ladder.model}",
+                      xlabel="samples per problem k", ylabel="coverage (pass@k)")
+    rep.figure(path, "Coverage (pass@k) vs k, one curve per ladder level; band: bootstrap 95% CI over the level's problems")
+    table = ladder.levels[0].coverage[["k"]].copy()
+    for lv in ladder.levels:
+        table[f"level {lv.level}"] = _estimates(lv.coverage, "coverage")
+    rep.table(table, "coverage (pass@k) per ladder level")
+    fits = ladder_fit_frame(ladder)
+    rep.table(pd.DataFrame([{
+        "level": r.level,
+        "exponentiated power-law fit": (f"a = {r.a:.4f}, b = {r.b:.4f}, R² (log coverage) = {r.r2_log:.4f} on "
+                                        f"{r.n_points} points" if r.n_points else f"no fit: {r.no_fit}"),
+    } for r in fits.itertuples()]), "log coverage ≈ a·k^b per level, fitted as for the main curve")
+    run.save_csv("ladder_coverage.csv", frame)
+    run.save_csv("ladder_fit.csv", fits)
+    run.save_csv("ladder_per_problem.csv", ladder.per_problem)
+
+
 def write(run: Run, exp: Experiment, spec: PromptSpec, res: MonkeysResults, claims: list[Claim],
           cfg: DictConfig) -> Path:
     model, dataset = exp.model.name, exp.problems.name
@@ -127,6 +169,9 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, res: MonkeysResults, clai
         run.save_csv("published_side_by_side.csv", full)
     else:
         rep.text("No published numbers for this dataset in results/published/monkeys.yaml.")
+
+    if res.ladder is not None:
+        _ladder_section(rep, run, res.ladder, cfg)
 
     if res.greedy:
         g = res.greedy

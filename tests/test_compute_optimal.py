@@ -19,7 +19,6 @@ from replications.compute_optimal import analysis
 from replications.compute_optimal.config import budgets, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def _brute(metric, answers, correct, scores, k):
@@ -162,6 +161,8 @@ def _compose(overrides=()):
 
 @pytest.mark.parametrize("overrides", [
     [],
+    ["compute_optimal=gsm8k"],
+    ["compute_optimal=gsm8k", "reward_model=embedded_orm"],
     ["compute_optimal=paper_gsm8k_pythia"],
     ["compute_optimal=paper_gsm8k_pythia", "model=pythia_12b"],
     ["compute_optimal=paper_gsm8k_mistral"],
@@ -179,6 +180,80 @@ def test_configs_compose_and_validate(overrides):
         assert cfg.sampling.temperature == 1.0 and 256 in co.search.widths
 
 
+def test_default_is_the_ladder_with_the_warm_start_and_exact_step_labels():
+    from harness.reward.models import reward_model_config
+    from harness.reward.training import training_config
+
+    cfg = _compose()
+    check_config(cfg)
+    assert (cfg.model.name, cfg.dataset.name, cfg.prompt.name) == ("smollm2_135m_sft", "ladder", "ladder")
+    assert cfg.dataset.levels and min(cfg.dataset.levels) > 1
+    rm = reward_model_config(cfg.reward_model)
+    assert rm.backbone == cfg.model.name and rm.step_separator == "\n"
+    assert training_config(rm.training).step_labels.method == "exact"
+    # the policy's prompt and the reward model's input render the question the same way
+    assert rm.input_template == cfg.prompt.template and not rm.use_chat_template
+    assert cfg.compute_optimal.search.answer_pattern == "The answer is"
+
+
+def test_gsm8k_preset_is_the_previous_default():
+    cfg = _compose(["compute_optimal=gsm8k"])
+    co = check_config(cfg)
+    assert (cfg.model.name, cfg.dataset.name, cfg.prompt.name, cfg.reward_model.name) == (
+        "smollm2_135m", "gsm8k", "chat_boxed", "embedded_prm")
+    assert cfg.dataset.levels is None and cfg.dataset.limit == 12 and int(cfg.samples) == 32
+    assert cfg.sampling.max_new_tokens == 256 and cfg.sampling.temperature == 0.6
+    assert list(co.search.methods) == ["rebase", "beam"] and co.search.answer_pattern is None
+    assert co.search.max_tokens == 256 and co.search.max_step_tokens == 128 and co.search.max_depth == 12
+
+
+@pytest.mark.parametrize("preset", ["paper_gsm8k_pythia", "paper_gsm8k_mistral", "paper_math500_llemma"])
+def test_paper_presets_leave_the_ladder_levels_behind(preset):
+    # the default selects ladder levels; a preset on GSM8K / MATH keeping them would select no problem at all
+    assert _compose([f"compute_optimal={preset}"]).dataset.levels is None
+
+
+def test_reference_steps_give_exact_labels_to_ladder_solutions():
+    from harness.data.problems import Problem
+    from harness.reward.training import LabelledSolution, exact_step_labels
+    from replications.compute_optimal.reward import reference_steps
+
+    problems = [Problem("L/0", "q", "26", "", "gsm8k", {"level": 3, "steps": ["10 + 3 = 13", "13 * 2 = 26"]}),
+                Problem("G/0", "q", "1", "", "gsm8k", {})]
+    refs = reference_steps(problems)
+    assert refs == {"L/0": ["10 + 3 = 13", "13 * 2 = 26"]}
+    right = LabelledSolution("L/0", 0, "q", ["10 + 3 = 13", "13 * 2 = 26", "The answer is 26."], True, [None] * 3)
+    slip = LabelledSolution("L/0", 1, "q", ["10 + 3 = 14", "14 * 2 = 28", "The answer is 28."], False, [None] * 3)
+    exact_step_labels([right, slip], refs)
+    assert right.step_targets == [1.0, 1.0, 1.0] and slip.step_targets == [0.0, 0.0, 0.0]
+    from harness.errors import DataError
+
+    with pytest.raises(DataError, match="G/0"):
+        exact_step_labels([LabelledSolution("G/0", 0, "q", ["a", "b"], False, [None] * 2)], refs)
+
+
+def _curves_frame(values_by_budget, strategy="sampling", metric="rm_weighted_vote"):
+    rows = [{"problem_id": f"p{i}", "strategy": strategy, "metric": metric, "budget": b, "value": v,
+             "flops": 100.0 * b} for b, values in values_by_budget.items() for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_error_falls_with_flops_claim():
+    n = 30
+    rises = _curves_frame({1: [0.0] * n, 4: [1.0] * (n // 2) + [0.0] * (n - n // 2)})
+    c = analysis.claim_error_falls_with_flops(rises, 500, 0)
+    assert c.status == "holds" and c.n == n and "the CIs separate" in c.evidence
+    flat = _curves_frame({1: [0.5] * n, 4: [0.5] * n})
+    assert analysis.claim_error_falls_with_flops(flat, 500, 0).status == "inconclusive"
+    falls = _curves_frame({1: [1.0] * n, 4: [0.0] * n})
+    assert analysis.claim_error_falls_with_flops(falls, 500, 0).status == "fails"
+    # one strategy that gains is enough, whatever the others do
+    both = pd.concat([flat, rises.assign(strategy="rebase")], ignore_index=True)
+    c = analysis.claim_error_falls_with_flops(both, 500, 0)
+    assert c.status == "holds" and "REBASE" in c.ours
+    assert analysis.claim_error_falls_with_flops(_curves_frame({1: [0.0] * n}), 500, 0).status == "inconclusive"
+
+
 def test_bad_values_are_named():
     from harness.errors import ConfigError
 
@@ -189,15 +264,16 @@ def test_bad_values_are_named():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").exists(), reason="no local GSM8K copy")
 def test_tiny_model_end_to_end(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMREP_STORE": str(tmp_path / "store")}
+    # the default's ladder, prompt and exact-label PRM, with the tiny random model in place of the warm start
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMREP_STORE": str(tmp_path / "store"),
+           "LLMREP_GENERATED_ROOT": str(tmp_path / "generated")}
     cmd = [sys.executable, "-m", "replications.compute_optimal", f"hydra.run.dir={tmp_path / 'run'}", "progress=false",
            "model=tiny_random", "samples=4", "dataset.limit=3", "sampling.max_new_tokens=16",
+           "compute_optimal.search.methods=[rebase,beam]",
            "compute_optimal.greedy.max_new_tokens=16", "compute_optimal.search.widths=[2]",
            "compute_optimal.search.max_step_tokens=6", "compute_optimal.search.max_tokens=16",
-           "reward_model.backbone=tiny_random", "reward_model.layers=1",
-           "reward_model.training.step_labels.max_prefixes=2", "reward_model.training.step_labels.max_new_tokens=8"]
+           "reward_model.backbone=tiny_random", "reward_model.layers=1"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"
@@ -210,7 +286,8 @@ def test_tiny_model_end_to_end(tmp_path):
     report = (run / "report.md").read_text()
     assert "(n=3)" in report and "published" in report.lower()
     claims = report.split("The paper's claims, checked on this run", 1)[1]
-    assert claims.count("INCONCLUSIVE") + claims.count("HOLDS") + claims.count("FAILS") >= 4
+    assert claims.count("INCONCLUSIVE") + claims.count("HOLDS") + claims.count("FAILS") >= 5
+    assert "exact checks of every line" in report
 
 
 def test_compare_puts_several_models_on_one_figure(tmp_path):

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.reporting.paths import portable
+from harness.reporting.paths import portable, portable_tree
 
 AGGREGATIONS = ("last", "min", "prod", "mean")
 # Config keys that cannot change a score (batching, placement, naming, where the files are): not identity.
@@ -566,7 +566,7 @@ class EmbeddedHeadRM(RewardModel):
             "config": cfg,
             "backbone": {"name": self.backbone.name, "identity": self.backbone.identity,
                          "source": portable(self.backbone.source), "layers": self.backbone.layers},
-            "provenance": self.provenance,
+            "provenance": portable_tree(self.provenance),
         }
         (folder / self.META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return folder

@@ -124,8 +124,10 @@ def compute_optimal(cfg: DictConfig) -> None:
     with run.stage("analysis"):
         per = pd.concat(per_problem, ignore_index=True)
         cur = analysis.curves(per, co.bootstrap.num_resamples, co.bootstrap.seed)
+        context = analysis.PublishedContext(problems[0].dataset, tuple(co.published.models))
         claims = analysis.check_claims(per, cur, co.bootstrap.num_resamples, co.bootstrap.seed,
-                                       co.claims.saturation_ratio, co.search.methods)
+                                       co.claims.saturation_ratio, co.search.methods,
+                                       co.claims.saturation_doublings, context)
     with run.stage("report"):
         path = report.write(run, exp, spec, cfg, co, per, cur, claims, rrm, search_stats, policy_params, rm_params)
     print(f"report: {path}")

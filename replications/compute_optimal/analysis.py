@@ -194,6 +194,40 @@ def claim_search_beats_sampling(per_problem: pd.DataFrame, n_boot: int, seed: in
     return claim(name, "inconclusive", evidence, **numbers)
 
 
+def claim_error_falls_with_flops(per_problem: pd.DataFrame, n_boot: int, seed: int) -> Claim:
+    """The premise of every inference-scaling curve: some strategy's error at its largest budget is below its error
+    at its smallest, on the same problems (paired bootstrap of the per-problem accuracies, last − first)."""
+    name = "Error falls with inference FLOPs: some strategy is more accurate at its largest budget than at its smallest"
+    parts, diffs, best = [], [], None
+    for (strategy, metric), g in per_problem[per_problem["strategy"] != "greedy"].groupby(["strategy", "metric"],
+                                                                                         sort=True):
+        m = _matrix(per_problem, strategy, metric).dropna()
+        if m.shape[1] < 2 or not len(m):
+            continue
+        first, last = m.columns[0], m.columns[-1]
+        d = paired_bootstrap(m[last].to_numpy(), m[first].to_numpy(), n_boot, seed)
+        a_first = bootstrap_ci(m[first].to_numpy(), n_boot=n_boot, seed=seed)
+        a_last = bootstrap_ci(m[last].to_numpy(), n_boot=n_boot, seed=seed)
+        separated = a_last[1] > a_first[2]  # the two budgets' own CIs do not overlap
+        flops = g.groupby("budget")["flops"].mean()
+        label = curve_label(strategy, metric)
+        text = (f"{label}: {format_estimate(*a_first, len(m))} at {first} ({flops[first]:.3g} FLOPs) → "
+                f"{format_estimate(*a_last, len(m))} at {last} ({flops[last]:.3g} FLOPs)")
+        parts.append(f"{text}, last − first {d.text()}" + ("; the CIs separate" if separated else ""))
+        diffs.append(d)
+        if best is None or d.mean > best[0].mean:
+            best = (d, text)
+    if not diffs:
+        return claim(name, "inconclusive", "no strategy with two or more budgets")
+    evidence = "; ".join(parts)
+    numbers = dict(n=diffs[0].n, ours=best[1])
+    if any(d.status == "holds" for d in diffs):
+        return claim(name, "holds", evidence, **numbers)
+    if all(d.status == "fails" for d in diffs):
+        return claim(name, "fails", evidence, **numbers)
+    return claim(name, "inconclusive", evidence + " (no strategy's gain is clear of 0)", **numbers)
+
+
 def claim_saturation(curves_df: pd.DataFrame, ratio: float, doublings: int) -> Claim:
     """Each multi-budget curve's last `doublings` doublings gain less than `ratio` of the `doublings` before them."""
     name = (f"Every strategy saturates: the last {doublings} doublings of budget gain < {ratio:.0%} of the "
@@ -235,11 +269,13 @@ def claim_saturation(curves_df: pd.DataFrame, ratio: float, doublings: int) -> C
 def check_claims(per_problem: pd.DataFrame, curves_df: pd.DataFrame, n_boot: int, seed: int, ratio: float,
                  searches: Sequence[str], doublings: int | None = None,
                  context: PublishedContext | None = None) -> list[Claim]:
-    """The paper's claims. doublings: compute_optimal.claims.saturation_doublings (None: the YAML default's);
+    """The premise that error falls with FLOPs at all, then the paper's claims.
+    doublings: compute_optimal.claims.saturation_doublings (None: the YAML default's);
     context: the dataset and published models whose numbers each claim shows beside ours."""
     if doublings is None:
         doublings = int(OmegaConf.load(DEFAULT_CONFIG).claims.saturation_doublings)
-    claims = [claim_weighted_vs_majority(per_problem, n_boot, seed, context)]
+    claims = [claim_error_falls_with_flops(per_problem, n_boot, seed),
+              claim_weighted_vs_majority(per_problem, n_boot, seed, context)]
     for s in searches:
         claims.append(claim_search_beats_sampling(per_problem, n_boot, seed, s, context))
     claims.append(claim_saturation(curves_df, ratio, doublings))

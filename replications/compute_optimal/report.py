@@ -17,6 +17,13 @@ from harness.reporting.report import Claim, Report, format_estimate
 from harness.reporting.run import Run
 
 
+STEP_LABEL_SOURCES = {  # where intermediate steps' labels came from, by reward_model.training.step_labels.method
+    "math_shepherd": "Math-Shepherd rollouts (intermediate steps)",
+    "outcome": "the solution's outcome (every intermediate step)",
+    "exact": "exact checks of every line against the reference chain (intermediate steps, no rollouts)",
+}
+
+
 def _fmt_flops(x: float) -> str:
     return f"{x:.3g}" if x and not math.isnan(x) else ""
 
@@ -120,8 +127,9 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
     if m:
         rep.text(
             f"Trained here: a logistic value head on the hidden states of the policy's first {info.get('layers')} "
-            f"layers (features {info.get('features')}), labels from the grader (last steps) and Math-Shepherd "
-            f"rollouts (intermediate steps), cross-fitted over {len(m.get('per_fold', {}))} folds of problems. "
+            f"layers (features {info.get('features')}), labels from the grader (last steps) and "
+            f"{STEP_LABEL_SOURCES.get(info.get('labels', {}).get('method'), 'no intermediate labels')}, "
+            f"cross-fitted over {len(m.get('per_fold', {}))} folds of problems. "
             f"Held out (each solution scored by the head that did not see its problem): AUC {m['auc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f} at threshold 0.5 (chance: 0.5 for both), accuracy "
             f"{m['accuracy']:.3f} vs {m['majority_class_accuracy']:.3f} for always guessing the majority class; "

@@ -16,6 +16,7 @@ from harness.data.prompts import PromptSpec
 from harness.reward.models import RewardModel, TruncatedBackbone, load_reward_model, reward_model_config
 from harness.reward.training import (
     choose_prefixes,
+    exact_step_labels,
     labelled_solutions,
     math_shepherd_labels,
     outcome_step_labels,
@@ -62,6 +63,12 @@ def rollout_fn(exp: Experiment, spec: PromptSpec, prompts: Mapping[str, str], pa
     return run
 
 
+def reference_steps(problems) -> dict[str, list[str]]:
+    """Each problem's reference step lines (ladder problems carry them as `steps`); a problem without them is a
+    one-line DataError from exact_step_labels, which names it."""
+    return {p.id: list(p.metadata["steps"]) for p in problems if p.metadata.get("steps")}
+
+
 def build(exp: Experiment, spec: PromptSpec, graded: pd.DataFrame, cfg: DictConfig, params: SamplingParams
           ) -> RunRewardModel:
     rm_cfg = reward_model_config(cfg.reward_model)
@@ -93,6 +100,8 @@ def build(exp: Experiment, spec: PromptSpec, graded: pd.DataFrame, cfg: DictConf
         label_stats["rollouts_per_prefix"] = sl.rollouts + int(sl.include_original)
     elif sl.method == "outcome" and rm_cfg.level == "prm":
         outcome_step_labels(sols)
+    elif sl.method == "exact" and rm_cfg.level == "prm":
+        label_stats.update(exact_step_labels(sols, reference_steps(exp.problems.problems)))
     provenance = {
         "trained_on": {"data": exp.problems.provenance(), "model": exp.model.identity, "prompt": spec.name,
                        "sampling": params.as_dict(), "samples_per_problem": int(cfg.samples),

@@ -8,8 +8,12 @@
                  policy_i = fine-tune(base (ReST-EM) | policy_{i-1} (ReST), kept) with loss on the solution tokens
         Evaluate policy_i on held-out test problems: greedy pass@1, pass@k and maj@k from samples.
 
-`python -m replications.rest` runs two iterations on the embedded model with GSM8K subsets; rerunning the
-same command resumes a killed run at the stage where it stopped (ledger.json in the run directory).
+`python -m replications.rest` runs one iteration on the ladder from the SFT warm start (levels 1-3) on levels
+4-6, given as question + final answer only; kept samples must also have every step line right; an
+equal-steps control fine-tuned on the reference solutions of the same problems runs beside it, and the
+claims are paired bootstrap differences over the same test problems. `rest=gsm8k` is the former default
+(the embedded model on GSM8K subsets). Rerunning the same command resumes a killed run at the stage where
+it stopped (ledger.json in the run directory).
 """
 from __future__ import annotations
 

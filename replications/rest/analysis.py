@@ -125,8 +125,31 @@ def _ours(label: str, values: dict[str, np.ndarray], n_boot: int, seed: int) -> 
                                       for name, v in values.items())
 
 
+def control_claims(base: Scores, first: Scores | None, control: Scores, n_boot: int, seed: int) -> list[Claim]:
+    """The equal-steps control arm (fine-tuned on reference solutions of the problems ReST kept samples of):
+    does more training on these problems help by itself, and do ReST's own solutions beat the references
+    (the paper: ReST-EM beats fine-tuning on human-written solutions)?"""
+    name, b = _headline(base)
+    _, c = _headline(control)
+    n = base.n_problems
+    if b is None or c is None:
+        return [claim("Iteration 1 improves over the equal-steps reference control", "inconclusive",
+                      "no greedy or sampled evaluation of the control", n=n)]
+    status, ev = _verdict(c, b, n_boot, seed)
+    out = [claim("The equal-steps control (reference solutions of the same problems) improves over the base model",
+                 status, f"{name} change, control vs base: {ev}", n=n,
+                 ours=_ours(name, {"base": b, "control": c}, n_boot, seed))]
+    if first is not None:
+        _, f = _headline(first)
+        status, ev = _verdict(f, c, n_boot, seed)
+        out.append(claim("Iteration 1 improves over the equal-steps reference control (self-generated vs reference data)",
+                         status, f"{name} change, iteration 1 vs control: {ev}", n=n,
+                         ours=_ours(name, {"control": c, "iteration 1": f}, n_boot, seed)))
+    return out
+
+
 def check_claims(per_iter: dict[int, Scores], ks: Sequence[int], n_boot: int, seed: int,
-                 context: PublishedContext | None = None) -> list[Claim]:
+                 context: PublishedContext | None = None, control: Scores | None = None) -> list[Claim]:
     claims = []
     last = max(per_iter)
     name, base = _headline(per_iter[0])
@@ -151,6 +174,8 @@ def check_claims(per_iter: dict[int, Scores], ks: Sequence[int], n_boot: int, se
     else:
         claims.append(claim("Later iterations improve less than the first (or overfit)", "inconclusive",
                             "needs at least 2 iterations", n=n))
+    if control is not None:
+        claims.extend(control_claims(per_iter[0], per_iter.get(1), control, n_boot, seed))
     kmax = max((k for k in ks if k in per_iter[0].pass_at), default=None)
     if kmax is not None and kmax in per_iter[last].pass_at and last >= 1:
         for label, table, metric, setting in ((f"pass@{kmax}", "pass_at", None, {}),

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from harness.config import SamplingConfig, require_at_least, require_choice, validate
 from harness.errors import ConfigError
+from harness.training import training_config
 
 ALGORITHMS = ("rest_em", "rest")
 REWARDS = ("correct", "partial")
@@ -36,8 +37,12 @@ class RestSettings:
     thresholds: List[float] = MISSING  # one Improve step per entry; keep reward > t
     max_per_problem: Optional[int] = MISSING  # cap on kept solutions per problem (null: no cap)
     dedupe: bool = MISSING  # drop a kept solution whose text equals an earlier kept one of the same problem
+    step_check: bool = MISSING  # also drop a correct-answer sample with a wrong "a op b = c" line (harness.reward.judge)
     reference_fraction: float = MISSING  # share of the training set made of reference solutions
     seed: int = MISSING  # for the reference draw
+    control: bool = MISSING  # also fine-tune iteration 1's init on the reference solutions of the problems whose
+    # samples were kept, one per kept sample (equal steps): separates ReST's self-generated data from training more
+    training: Any = MISSING  # null, or overrides of the `training` group for the Improve steps (e.g. a lower lr)
     eval: EvalSettings = MISSING
     fail_at: Optional[str] = MISSING  # testing only: raise when this stage starts (simulates a killed run)
 
@@ -59,4 +64,21 @@ def rest_settings(cfg: DictConfig) -> RestSettings:
     require_at_least("rest.max_per_problem", s.max_per_problem, 1, allow_none=True)
     if s.eval.samples and any(k > s.eval.samples or k < 1 for k in s.eval.ks):
         raise ConfigError(f"rest.eval.ks: every k must be in 1..rest.eval.samples={s.eval.samples}, got {s.eval.ks}")
+    if s.training is not None:
+        if not isinstance(s.training, (dict, DictConfig)):
+            raise ConfigError(f"rest.training: give null or a mapping of training keys, got {s.training!r}")
+        improve_training(cfg)  # validated now, not after the first Grow step
     return s
+
+
+def improve_training(cfg: DictConfig) -> DictConfig:
+    """The training config of the Improve steps: the `training` group with `rest.training`'s overrides."""
+    overrides = cfg.rest.get("training")
+    if not overrides:
+        return cfg.training
+    unknown = sorted(set(overrides) - set(cfg.training))
+    if unknown:
+        raise ConfigError(f"rest.training.{unknown[0]}: not a key of the training config '{cfg.training.get('name')}'")
+    merged = OmegaConf.merge(cfg.training, overrides)
+    training_config(merged)
+    return merged

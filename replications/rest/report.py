@@ -49,6 +49,37 @@ def _wide_accuracy(acc: pd.DataFrame, results: dict, per_iter: dict) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def _per_level(test, per_iter: dict, control_scores) -> pd.DataFrame | None:
+    levels = [p.metadata.get("level") for p in test.problems]
+    if any(level is None for level in levels) or per_iter[0].greedy is None:
+        return None
+    arms = {_iteration_label_short(i): sc.greedy for i, sc in sorted(per_iter.items())}
+    if control_scores is not None and control_scores.greedy is not None:
+        arms["control"] = control_scores.greedy
+    rows = []
+    for level in sorted(set(levels)):
+        mask = [lv == level for lv in levels]
+        row: dict[str, Any] = {"level": level}
+        for name, values in arms.items():
+            v = values[mask]
+            row[name] = format_estimate(*bootstrap_ci(v), len(v))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _iteration_label_short(i: int) -> str:
+    return "base" if i == 0 else f"iteration {i}"
+
+
+def _control_row(control_acc: pd.DataFrame, step: dict) -> pd.DataFrame:
+    row: dict[str, Any] = {"iteration": "control (references, equal steps)",
+                           "trained on": f"{step.get('examples', 0)} reference solutions" if step.get("checkpoint")
+                           else f"not trained ({step.get('skipped', '')})"}
+    for r in control_acc.to_dict("records"):
+        row[r["metric"]] = format_estimate(r["value"], r["ci_low"], r["ci_high"], int(r["n_problems"]))
+    return pd.DataFrame([row])
+
+
 def _published(cfg: DictConfig, acc: pd.DataFrame, last: int, dataset: str, model: str) -> pd.DataFrame:
     pub = load_published("rest")  # validated at start-up (harness.cli.check_startup)
     wanted = set(cfg.published.models) if cfg.get("published") else None
@@ -98,7 +129,8 @@ def _cost_table(run: Run, results: dict) -> pd.DataFrame:
                 t = (t or 0) + value[sub]["generated_tokens"]
         if t:
             tokens[key] = t
-    label_to_key = {"eval base": "eval/0"}
+    label_to_key = {"eval base": "eval/0", "control 1 (references, equal steps)": "control/1",
+                    "eval control 1": "eval/control1"}
     for key in ledger:
         if key.startswith("improve/"):
             label_to_key[f"improve {key[8:]} (filter + fine-tune)"] = key
@@ -111,8 +143,9 @@ def _cost_table(run: Run, results: dict) -> pd.DataFrame:
         key = label_to_key.get(label)
         t = tokens.get(key) if key else None
         extra = ""
-        if label.startswith("improve"):
-            step = results["improves"].get(label.split()[1])
+        if label.startswith(("improve", "control 1 (")):
+            step = (results["improves"].get(label.split()[1]) if label.startswith("improve")
+                    else results.get("control", {}).get("improve"))
             if step and step.get("checkpoint"):
                 extra = f"{step['steps']} optimizer steps on {step['examples']} examples; trainer {step['train_seconds']:.0f} s"
         rows.append({
@@ -140,9 +173,13 @@ def write(run: Run, loop: Any, results: dict, cfg: DictConfig) -> Path:
     grows = analysis.grow_table(results["grows"], results["improves"], s.thresholds)
     run.save_csv("grow_improve.csv", grows)
     models = tuple(cfg.published.models) if cfg.get("published") else ()
-    claims = analysis.check_claims(per_iter, ks, n_boot, seed=0, context=analysis.PublishedContext(models))
+    control = results.get("control")
+    control_scores = analysis.scores(control["eval"], ids, ks) if control else None
+    claims = analysis.check_claims(per_iter, ks, n_boot, seed=0, context=analysis.PublishedContext(models),
+                                   control=control_scores)
     last = max(per_iter)
 
+    tr = loop.training
     model = cfg.model.name
     title = f"{model}, {s.algorithm}, {loop.train.name} -> {loop.test.name}"
     rep = Report(f"ReST / ReST-EM (arXiv 2308.08998, 2312.06585), regenerated: {title}")
@@ -152,8 +189,9 @@ def write(run: Run, loop: Any, results: dict, cfg: DictConfig) -> Path:
         f"({_subset(loop.train)}), N = {s.samples_per_problem} samples each at temperature {cfg.sampling.temperature}, "
         f"top-k {cfg.sampling.top_k}, top-p {cfg.sampling.top_p}, max {cfg.sampling.max_new_tokens} new tokens; prompt `{loop.spec.name}`. "
         f"Improve: reward `{s.reward}` from grader `{cfg.grader.method}`, keep reward > {list(s.thresholds)}, "
-        f"at most {s.max_per_problem} per problem, reference fraction {s.reference_fraction}; training `{cfg.training.name}` "
-        f"({cfg.training.finetune}, lr {cfg.training.learning_rate}, {cfg.training.epochs} epochs, batch {cfg.training.batch_size}, "
+        f"at most {s.max_per_problem} per problem{', every step line checked' if s.step_check else ''}, "
+        f"reference fraction {s.reference_fraction}; training `{tr.name}` "
+        f"({tr.finetune}, lr {tr.learning_rate} {tr.lr_scheduler} with warmup {tr.warmup}, {tr.epochs} epochs, batch {tr.batch_size}, "
         f"loss on the solution tokens). Test: {len(loop.test)} problems from `{portable(loop.test.source)}` ({_subset(loop.test)}); "
         f"greedy pass@1 (max {s.eval.greedy_max_new_tokens} new tokens) and pass@k / maj@k from {s.eval.samples} samples "
         f"per problem at temperature {s.eval.sampling.temperature}, top-p {s.eval.sampling.top_p}, top-k {s.eval.sampling.top_k}. "
@@ -162,13 +200,26 @@ def write(run: Run, loop: Any, results: dict, cfg: DictConfig) -> Path:
     )
 
     rep.heading("Test accuracy per iteration")
-    rep.table(_wide_accuracy(acc, results, per_iter), caption="Held-out test accuracy after each iteration (iteration 0 = the base model).")
+    wide = _wide_accuracy(acc, results, per_iter)
+    if control_scores is not None:
+        control_acc = analysis.accuracy_table({1: control_scores}, ks, n_boot, seed=0)
+        run.save_csv("control_arm.csv", control_acc)
+        wide = pd.concat([wide, _control_row(control_acc, control["improve"])], ignore_index=True)
+    rep.table(wide, caption="Held-out test accuracy after each iteration (iteration 0 = the base model); the control "
+                            "arm is iteration 1's Improve step on reference solutions of the same problems, as many "
+                            "examples (equal optimizer steps).")
     fig_df = acc[acc["metric"].isin(["greedy pass@1", f"pass@{max(ks)}", f"maj@{max(ks)}"])]
     if len(fig_df):
         fig = curve_plot(fig_df, "iteration", "value", run.path("accuracy_per_iteration.png"), group="metric", logx=False,
                          title=f"ReST test accuracy per iteration: {title}", xlabel="iteration (0 = base)",
                          ylabel="fraction of test problems solved")
         rep.figure(fig, "Test accuracy per iteration; bands: bootstrap 95% CI over test problems")
+
+    by_level = _per_level(loop.test, per_iter, control_scores)
+    if by_level is not None:
+        rep.table(by_level, caption="Greedy pass@1 per ladder level of the test problems (the levels are chosen where "
+                                    "the base model solves about 10-70%, so a change can show either way).")
+        run.save_csv("accuracy_per_level.csv", by_level)
 
     rep.heading("Grow and Improve: coverage of the training problems and kept samples")
     rep.table(grows.assign(**{
@@ -222,7 +273,7 @@ def write(run: Run, loop: Any, results: dict, cfg: DictConfig) -> Path:
         "accuracy": acc.to_dict("records"), "grow_improve": grows.to_dict("records"),
         "claims": [c.__dict__ for c in claims], "stages": run.timings,
     }))
-    print(_wide_accuracy(acc, results, per_iter).to_string(index=False))
+    print(wide.to_string(index=False))
     print_claims(claims)
     return path
 

@@ -180,13 +180,17 @@ class Experiment:
         return out
 
     def entry(self, spec: PromptSpec, params: SamplingParams, policy: Policy | Mapping | None = None,
-              problem_set: ProblemSet | None = None, variant: Mapping[str, Any] | None = None) -> StoreEntry:
-        """The store entry of (policy's weights, problem set, prompt + variant, sampling params)."""
+              problem_set: ProblemSet | None = None, variant: Mapping[str, Any] | None = None,
+              data_key: str | None = None) -> StoreEntry:
+        """The store entry of (policy's weights, problem set, prompt + variant, sampling params).
+
+        `data_key` stands in for the problem set's sha256 when the prompts are not a problem set's (a judge's
+        prompts are keyed by the hash of each judged text instead)."""
         name, fp = variant_prompt(spec, self.prompt_fingerprint(spec), variant)
-        problem_set = problem_set or self.problems
+        data = data_key or (problem_set or self.problems).sha256
         model = self.load(policy)
         numerics = getattr(self.sampler_for(policy), "numerics", {})  # a bf16 sampler's samples are not an fp32 sampler's
-        return self.store.entry(model.identity, problem_set.sha256, name, fp, params, numerics, label=model.name)
+        return self.store.entry(model.identity, data, name, fp, params, numerics, label=model.name)
 
     def record_entry(self, label: str, entry: StoreEntry) -> None:
         self.run.record(f"store:{label}", {"dir": portable(entry.dir), **entry.key.as_dict()})

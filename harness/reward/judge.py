@@ -223,12 +223,9 @@ class ModelJudge(Judge):
         self._info: dict = {}
 
     def entry(self):
-        from harness.data.prompts import prompt_fingerprint
-        from harness.store.samples import fingerprint
-
-        spec = judge_spec(self.task_spec)
-        fp = fingerprint({"task_prompt": prompt_fingerprint(spec), "rubric": JUDGE_TEMPLATE})
-        return self.exp.store.entry(self.exp.load(self.policy).identity, JUDGED_BY_CONTENT, spec.name, fp, self.params)
+        # through the experiment, like every sample: the key gets the policy's weights and the sampler's numerics
+        return self.exp.entry(judge_spec(self.task_spec), self.params, policy=self.policy,
+                              variant={"rubric": JUDGE_TEMPLATE}, data_key=JUDGED_BY_CONTENT)
 
     def judge(self, candidates: Sequence[Candidate], repeats: int = 1) -> list[list[Judgement]]:
         tokenizer = self.exp.load(self.policy).tokenizer

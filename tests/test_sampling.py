@@ -155,8 +155,10 @@ def test_numerics_name_what_changes_the_arithmetic(tiny):
 # ---- greedy ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("inline_max", [0, 1])  # prompt shared by its rows, or copied into the row's cache
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
-def test_fast_greedy_equals_plain_generate(tiny, batch_size, monkeypatch):
+def test_fast_greedy_equals_plain_generate(tiny, batch_size, inline_max, monkeypatch):
+    monkeypatch.setattr(fast_module, "INLINE_MAX_SAMPLES", inline_max)
     monkeypatch.setattr(fast_module, "GEN_CHUNK", 4)  # exercise the chunked attention merge
     monkeypatch.setattr(fast_module, "INITIAL_CAPACITY", 3)  # and the cache growth
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -187,9 +189,11 @@ def test_greedy_copies_one_decode_to_every_index(tiny):
         SamplingParams(temperature=0.6, top_p=0.95, top_k=100, max_new_tokens=20, stop=("e",), seed=3),
     ],
 )
-def test_fast_draws_the_same_samples_as_reference(exact, params, monkeypatch):
+@pytest.mark.parametrize("inline_max", [0, 3])  # every prompt shared by its 3 rows, or copied into each row
+def test_fast_draws_the_same_samples_as_reference(exact, params, inline_max, monkeypatch):
     """Same per-sample generator, same warper semantics: not only the same distribution, the same samples
     (on logits both backends compute bit for bit: see `exact`)."""
+    monkeypatch.setattr(fast_module, "INLINE_MAX_SAMPLES", inline_max)
     monkeypatch.setattr(fast_module, "GEN_CHUNK", 4)
     monkeypatch.setattr(fast_module, "INITIAL_CAPACITY", 5)
     a = by_key(fast(exact, batch_size=3).sample(requests(), params))

@@ -45,6 +45,10 @@ from harness.sampling.hf import (
 
 GEN_CHUNK = 64  # generated-key slots per attention chunk (see _Run._step)
 INITIAL_CAPACITY = 128  # generated-key slots allocated per row before the cache grows
+# A prompt with at most this many samples is copied into its rows' own caches instead of being shared:
+# shared-prompt attention costs one kernel call per prompt per layer per step, which dominates when
+# many prompts have one sample each (greedy evaluation: ~15 s a step with 128 prompts, measured).
+INLINE_MAX_SAMPLES = 2
 NUCLEUS_CANDIDATES = 64  # top candidates examined per row before falling back to a full sort
 FULL_SORTS = [0]  # rows that needed the full-vocabulary sort (reported by bench/sampling.py)
 SUPPORTED = ("llama",)
@@ -124,6 +128,7 @@ class _Group:
     logits: torch.Tensor  # [vocab] at the last prompt position
     pending: deque
     live: int = 0
+    inline: bool = False  # its rows hold the prompt's keys in their own cache (INLINE_MAX_SAMPLES)
 
 
 @dataclass
@@ -212,6 +217,7 @@ class _Run:
         self.T = max(1, params.max_new_tokens)
         # generated keys/values per row; grown on demand (zeros: masked slots must hold finite values)
         self.capacity = min(self.T, INITIAL_CAPACITY)
+        self.max_slots = self.T  # grows by the longest prompt copied into a row (inline groups)
         self.kcache = [torch.zeros(self.B, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
         self.vcache = [torch.zeros(self.B, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
         self.groups: deque[_Group] = deque()  # groups with samples left to start, in request order
@@ -261,6 +267,7 @@ class _Run:
             values=[layer.values.float().contiguous() for layer in cache.layers],
             logits=out.logits[0, -1].float(),
             pending=deque(indices),
+            inline=len(indices) <= INLINE_MAX_SAMPLES,
         )
 
     def _fill(self, slots: list[int]) -> list[tuple[Completion, SampleRequest]]:
@@ -284,7 +291,7 @@ class _Run:
             for (slot, g, index), gen, token in zip(firsts, gens, first.tolist()):
                 g.live += 1
                 self.rows[slot] = {"group": g, "index": index, "gen": gen, "tokens": [token]}
-                self.t[slot] = 0
+                self.t[slot] = self._copy_prompt(slot, g) if g.inline else 0
                 self.pos[slot] = g.length
                 self.tok[slot] = token
                 c = self._check(slot)
@@ -292,6 +299,16 @@ class _Run:
                     done.append(c)
                     slots.append(slot)
         return done
+
+    def _copy_prompt(self, slot: int, g: _Group) -> int:
+        """Put the prompt's keys/values in the row's own cache; returns the slot of its first generated token."""
+        self.max_slots = max(self.max_slots, g.length + self.T)
+        if g.length + 1 > self.capacity:
+            self._grow(g.length + 1)
+        for li in range(len(self.kcache)):
+            self.kcache[li][slot, :, : g.length] = g.keys[li][0]
+            self.vcache[li][slot, :, : g.length] = g.values[li][0]
+        return g.length
 
     # ---- finishing -----------------------------------------------------------------------------
     def _check(self, slot: int, tail_text: str | None = None) -> tuple[Completion, SampleRequest] | None:
@@ -383,7 +400,7 @@ class _Run:
         return freed, finished
 
     def _grow(self, needed: int) -> None:
-        cap = min(self.T, max(needed, 2 * self.capacity))
+        cap = max(needed, min(self.max_slots, 2 * self.capacity))
         for caches in (self.kcache, self.vcache):
             for i, old in enumerate(caches):
                 new = torch.zeros(old.shape[0], old.shape[1], cap, old.shape[3])
@@ -429,6 +446,8 @@ class _Run:
         by_group: dict[int, tuple[_Group, list[int]]] = {}
         for slot in live:
             g = self.rows[slot]["group"]
+            if g.inline:  # its prompt is in the row's own cache, attended with the generated keys
+                continue
             by_group.setdefault(id(g), (g, []))[1].append(slot)
         groups = []
         for g, slots in by_group.values():

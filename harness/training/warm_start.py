@@ -7,6 +7,7 @@ near zero on the top one, informative in between.
 
     path = warm_start_checkpoint(model_cfg)     # model_cfg has a `warm_start:` node (conf/model/smollm2_135m_sft.yaml)
     python -m harness.training.warm_start [model=smollm2_135m_sft] [warm_start.<key>=<value> ...]
+    python -m harness.training.warm_start --report-only   # report.md + claims.json again from metrics.json
 
 The checkpoint is identified by content: the base model's identity (its weights' sha256), the exact training
 records (rendered prompts and completions, hence prompt, levels and generator version) and every training
@@ -347,45 +348,163 @@ def _sample_and_grade(loaded: Any, cfg: WarmStartConfig, problems: Sequence[Prob
 # report
 
 
+STAGE_LIMIT_S = 900.0  # issue 10: load, train and evaluate within 15 minutes
+FRONTIER = (0.5, 0.1)  # issue 10: >= 50% on level 1, <= 10% on the top level, two levels strictly between
+
+
 def write_report(out_dir: Path, record: dict, before: dict, after: dict, wall: dict) -> Path:
+    """metrics.json, the loss plot, report.md and claims.json of one warm start."""
     from harness.reporting.paths import portable_tree
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = portable_tree({"training": record, "before": before, "after": after, "wall_seconds": wall})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     _loss_plot(record["train"]["log"], out_dir / "loss.png")
+    return report_from_metrics(out_dir, metrics)
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    """report.md and claims.json again from a run's metrics.json: no training, no sampling."""
+    from harness.errors import DataError
+
+    path = Path(run_dir) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{path}: cannot read warm-start metrics ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    for key in ("training", "after", "wall_seconds"):
+        if not isinstance(metrics, dict) or not isinstance(metrics.get(key), dict):
+            raise DataError(f"{path}: field '{key}' missing or not an object")
+    if not (Path(run_dir) / "loss.png").is_file():
+        _loss_plot(metrics["training"]["train"]["log"], Path(run_dir) / "loss.png")
+    return report_from_metrics(Path(run_dir), metrics)
+
+
+def report_from_metrics(out_dir: Path, metrics: dict) -> Path:
+    """report.md, and claims.json beside it through Report.write, from the content of metrics.json."""
+    import pandas as pd
+
+    from harness.reporting.report import Report, format_estimate
+
+    record, before, after, wall = metrics["training"], metrics.get("before"), metrics["after"], metrics["wall_seconds"]
     t = record["train"]
-    lines = [
-        f"# Warm start `{record['warm_start']['name']}`",
-        "",
+    ws_cfg = record["warm_start"]
+    loss = (f"loss {t['loss_before']} -> {t['loss_after']} on the training data" if t.get("loss_before") is not None
+            else f"mean training loss {t.get('train_loss', '?')}")
+    report = Report(f"Warm start `{ws_cfg['name']}`", paper="warm_start", run=ws_cfg["name"],
+                    model=record["base_model"]["name"], dataset=(ws_cfg.get("eval") or {}).get("dataset"))
+    report.text(
         f"Base model {record['base_model']['name']} ({record['base_model']['identity']}), fine-tuned on "
-        f"{record['data']['examples']} ladder reference solutions (levels {record['warm_start']['data']['levels']}, "
-        f"prompt `{record['warm_start']['prompt']}`), loss on the completion tokens only. Cache key {record['cache_key'][:16]}.",
-        "",
-        f"- train: {t['steps']} steps in {t['seconds']} s; {t['supervised_tokens_per_s']} supervised tokens/s "
-        f"({t['tokens_per_s']} tokens/s in all); loss {t['loss_before']} -> {t['loss_after']} on the training data",
-        f"- load average at the end of training: {t['load_average']}; torch threads {t['torch_threads']}; "
+        f"{record['data']['examples']} ladder reference solutions (levels {ws_cfg['data']['levels']}, "
+        f"prompt `{ws_cfg['prompt']}`), loss on the completion tokens only. Cache key {record['cache_key'][:16]}.")
+    report.bullets([
+        f"train: {t['steps']} steps in {t['seconds']} s; {t['supervised_tokens_per_s']} supervised tokens/s "
+        f"({t['tokens_per_s']} tokens/s in all); {loss}",
+        f"load average at the end of training: {t['load_average']}; torch threads {t['torch_threads']}; "
         f"{t.get('cpu_seconds', '?')} CPU s ({t.get('supervised_tokens_per_cpu_s', '?')} supervised tokens per CPU s)",
-        f"- wall time (s): {', '.join(f'{k} {v}' for k, v in wall.items())}",
-        "",
-        "Greedy pass@1 per level (strict: the number after the last \"The answer is\"; truncated = wrong), "
-        "bootstrap 95% CI:",
-        "",
-        "| level | n | before | after |",
-        "|---|---|---|---|",
-    ]
-    for level, a in after["levels"].items():
-        b = before["levels"].get(level) if before else None
-        cell_b = f"{b['pass@1']:.0%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}]" if b else "-"
-        lines.append(f"| {level} | {a['n']} | {cell_b} | {a['pass@1']:.0%} [{a['ci95'][0]:.0%}, {a['ci95'][1]:.0%}] |")
+        f"wall time (s): {', '.join(f'{k} {v}' for k, v in wall.items())}",
+    ])
+
+    def cell(level_result: dict | None) -> str:
+        if not level_result:
+            return "-"
+        return format_estimate(level_result["pass@1"], *level_result["ci95"])
+
+    rows = [(level, a["n"], cell((before or {}).get("levels", {}).get(level)), cell(a))
+            for level, a in after["levels"].items()]
+    report.table(pd.DataFrame(rows, columns=["level", "n", "before", "after"], dtype=object),
+                 "Greedy pass@1 per level (strict: the number after the last \"The answer is\"; truncated = wrong), "
+                 "bootstrap 95% CI")
     for label, ev in (("before", before), ("after", after)):
         if ev:
-            lines.append(f"\n{label}: {ev['generated_tokens']} tokens generated in {ev['seconds']} s, "
-                         f"{ev['truncated']} completions truncated at eval.max_new_tokens" + (" (cached)" if ev.get("cached") else ""))
-    lines += ["", "![train loss](loss.png)", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+            report.text(f"{label}: {ev['generated_tokens']} tokens generated in {ev['seconds']} s, "
+                        f"{ev['truncated']} completions truncated at eval.max_new_tokens"
+                        + (" (cached)" if ev.get("cached") else ""))
+    report.claims.extend(frontier_claims(metrics))
+    report.claims_section()
+    report.figure("loss.png", "train loss")
+    return report.write(out_dir / "report.md")
+
+
+def _levels_after(metrics: dict) -> list[tuple[int, dict]]:
+    return sorted((int(level), result) for level, result in metrics["after"]["levels"].items())
+
+
+def _estimate(level_result: dict) -> str:
+    from harness.reporting.report import format_estimate
+
+    return format_estimate(level_result["pass@1"], *level_result["ci95"], n=level_result["n"])
+
+
+def frontier_claims(metrics: dict) -> list:
+    """Issue 10's targets for the warm start, each judged on the 95% CI (clear of its threshold, or inconclusive).
+
+    (a) >= 50% greedy pass@1 on the lowest level, (b) <= 10% on the top level, (c) at least two levels in between
+    with 10% < pass@1 < 50%, (d) load, train and evaluate in <= 15 minutes of wall time.
+    """
+    from harness.reporting.claims import Claim
+
+    high_bar, low_bar = FRONTIER
+    levels = _levels_after(metrics)
+    (first, first_result), (top, top_result) = levels[0], levels[-1]
+    claims = []
+
+    low, high = first_result["ci95"]
+    status = "holds" if low >= high_bar else "fails" if high < high_bar else "inconclusive"
+    claims.append(Claim(f"After the warm start, greedy pass@1 on level {first} is >= {high_bar:.0%}", status,
+                        f"level {first}: {_estimate(first_result)}; CI "
+                        + {"holds": "clear above", "fails": "wholly below", "inconclusive": "straddles"}[status]
+                        + f" {high_bar:.0%}", n=first_result["n"], ours=_estimate(first_result)))
+
+    low, high = top_result["ci95"]
+    status = "holds" if high <= low_bar else "fails" if low > low_bar else "inconclusive"
+    claims.append(Claim(f"After the warm start, greedy pass@1 on the top level ({top}) is <= {low_bar:.0%}", status,
+                        f"level {top}: {_estimate(top_result)}; CI "
+                        + {"holds": "at or below", "fails": "wholly above", "inconclusive": "straddles"}[status]
+                        + f" {low_bar:.0%}", n=top_result["n"], ours=_estimate(top_result)))
+
+    middle = levels[1:-1]
+    surely = [lv for lv, r in middle if r["ci95"][0] > low_bar and r["ci95"][1] < high_bar]
+    possibly = [lv for lv, r in middle if r["ci95"][1] > low_bar and r["ci95"][0] < high_bar]
+    name = (f"At least two levels between level {first} and the top level have {low_bar:.0%} < greedy pass@1 "
+            f"< {high_bar:.0%} (strictly between the two thresholds above)")
+    pointwise = [lv for lv, r in middle if low_bar < r["pass@1"] < high_bar]
+    listing = f"point estimates inside: levels {pointwise}. " + "; ".join(f"level {lv}: {_estimate(r)}" for lv, r in middle)
+    if len(middle) < 2:
+        status, why = "inconclusive", f"only {len(middle)} levels evaluated between level {first} and level {top}"
+    elif len(surely) >= 2:
+        status, why = "holds", f"levels {surely} have their CI inside ({low_bar:.0%}, {high_bar:.0%})"
+    elif len(possibly) < 2:
+        status, why = "fails", f"only levels {possibly} have a CI reaching into ({low_bar:.0%}, {high_bar:.0%})"
+    else:
+        status, why = "inconclusive", (f"CI inside ({low_bar:.0%}, {high_bar:.0%}): levels {surely}; "
+                                       f"reaching into it: levels {possibly}")
+    per_level = {r["n"] for _, r in middle}
+    claims.append(Claim(name, status, f"{why}. {listing}", n=per_level.pop() if len(per_level) == 1 else None,
+                        ours="; ".join(f"L{lv} {_estimate(r)}" for lv, r in middle if lv in possibly) or None))
+
+    wall = metrics["wall_seconds"]
+    total = float(wall["total"])
+    train = metrics["training"]["train"]
+    reused = [stage for stage in wall if "cached" in stage] + [
+        f"eval {label} (cached)" for label in ("before", "after") if (metrics.get(label) or {}).get("cached")]
+    if total > STAGE_LIMIT_S:
+        status = "fails"
+    else:
+        status = "inconclusive" if reused else "holds"
+    evidence = (f"{total:.0f} s of wall time against {STAGE_LIMIT_S:.0f} s ("
+                + ", ".join(f"{k} {v} s" for k, v in wall.items() if k != "total")
+                + f"); load average (1, 5, 15 min) {train.get('load_average')} at the end of training, torch threads "
+                f"{train.get('torch_threads')}, {train.get('cpu_seconds', '?')} CPU s of training")
+    if "eval_before" in wall:
+        evidence += f"; {total - float(wall['eval_before']):.0f} s without eval_before (the base model's evaluation)"
+    if reused:
+        evidence += f"; reused, so not timed here: {', '.join(reused)}"
+    claims.append(Claim(f"The warm start (load, train, evaluate) takes <= {STAGE_LIMIT_S / 60:.0f} min of wall time",
+                        status, evidence, ours=f"{total:.0f} s"))
+    return claims
 
 
 def _loss_plot(log: list[dict], path: Path) -> None:
@@ -404,24 +523,34 @@ def _loss_plot(log: list[dict], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m harness.training.warm_start [model=<conf/model name>] [warm_start.<key>=<value> ...]`"""
+    """`python -m harness.training.warm_start [--report-only] [model=<conf/model name>] [warm_start.<key>=<value> ...]`
+
+    --report-only rewrites report.md and claims.json of the configured run folder from its metrics.json.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         model_name = "smollm2_135m_sft"
         overrides = []
+        report_only = False
         for arg in args:
             key, _, value = arg.partition("=")
-            if key == "model":
+            if arg == "--report-only":
+                report_only = True
+            elif key == "model":
                 model_name = value
             elif key.startswith("warm_start."):
                 overrides.append(arg)
             else:
-                raise ConfigError(f"argument '{arg}': expected model=<name> or warm_start.<key>=<value>")
+                raise ConfigError(f"argument '{arg}': expected --report-only, model=<name> or warm_start.<key>=<value>")
         model_cfg = model_config(model_name)
         if overrides:
             node = model_cfg.warm_start
             node = OmegaConf.create({"config": node}) if isinstance(node, str) else node
             model_cfg.warm_start = OmegaConf.merge(node, OmegaConf.from_dotlist([a[len("warm_start."):] for a in overrides]))
+        if report_only:
+            cfg = warm_start_config(model_cfg.warm_start)
+            print(f"report: {rebuild_report(Path(cfg.report_dir) / cfg.name)}")
+            return 0
         return run(model_cfg)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -130,7 +130,7 @@ def level(mean: float, low: float, high: float, n: int = 50) -> dict:
 
 def fabricated_metrics(**levels: dict) -> dict:
     """Seven levels spanning the frontier (every target met), with `L<k>=level(...)` replacing level k."""
-    after = {"1": level(0.9, 0.8, 1.0), "2": level(0.7, 0.6, 0.8), "3": level(0.3, 0.2, 0.4),
+    after = {"1": level(0.9, 0.8, 1.0), "2": level(0.95, 0.92, 0.98), "3": level(0.3, 0.2, 0.4),
              "4": level(0.25, 0.15, 0.35), "5": level(0.05, 0.0, 0.1), "6": level(0.0, 0.0, 0.0),
              "7": level(0.0, 0.0, 0.0)}
     after.update({name[1:]: value for name, value in levels.items()})
@@ -153,7 +153,7 @@ def test_frontier_claims_hold_when_every_target_is_met_with_n_per_level():
     claims = ws.frontier_claims(fabricated_metrics())
     assert [c.status for c in claims] == ["holds"] * 4
     assert [c.n for c in claims] == [50, 50, 50, None]  # the time claim rests on no problem sample
-    assert "level 7" in claims[1].evidence and "10% < greedy pass@1 < 50%" in claims[2].name
+    assert "level 7" in claims[1].evidence and "10% < greedy pass@1 < 90%" in claims[2].name
 
 
 @pytest.mark.parametrize("ci, verdict", [((0.52, 0.6), "holds"), ((0.45, 0.55), "inconclusive"), ((0.3, 0.48), "fails")])
@@ -167,12 +167,12 @@ def test_top_level_claim_flips_as_its_ci_crosses_10_percent(ci, verdict):
 
 
 @pytest.mark.parametrize("level_four, verdict", [
-    (level(0.25, 0.15, 0.35), "holds"),  # levels 3 and 4 clearly inside (10%, 50%)
+    (level(0.25, 0.15, 0.35), "holds"),  # levels 3 and 4 clearly inside (10%, 90%)
     (level(0.08, 0.02, 0.14), "inconclusive"),  # level 4 only possibly inside
     (level(0.04, 0.0, 0.08), "fails"),  # level 4 clearly below: one level in between
-    (level(0.7, 0.6, 0.8), "fails"),  # level 4 clearly above
+    (level(0.95, 0.92, 0.98), "fails"),  # level 4 clearly above: solved
 ])
-def test_in_between_claim_needs_two_levels_strictly_between_the_thresholds(level_four, verdict):
+def test_in_between_claim_needs_two_levels_neither_at_the_floor_nor_solved(level_four, verdict):
     assert verdicts(fabricated_metrics(L4=level_four))[2] == verdict
 
 

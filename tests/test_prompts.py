@@ -221,7 +221,7 @@ def test_chat_prompt_needs_a_tokenizer(test_set):
 def test_chat_boxed_uses_smollm2_chat_template(test_set, smollm2_tokenizer):
     problem = test_set[0]
     text = render("chat_boxed", problem, tokenizer=smollm2_tokenizer)
-    user = problem.question + '\nPlease reason step by step, and end with "The answer is: X", where X is your final answer.'
+    user = problem.question + '\nPlease reason step by step, and end with "The answer is" followed by the number.'
     assert f"<|im_start|>user\n{user}<|im_end|>\n" in text
     assert text.endswith("<|im_start|>assistant\n")
     # SmolLM2's template adds its own default system message when the prompt has none.

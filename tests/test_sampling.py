@@ -204,6 +204,27 @@ def test_fast_draws_the_same_samples_as_reference(exact, params, inline_max, mon
     assert len({c.text for c in a.values()}) > len(a) // 2  # real draws, not one likely continuation
 
 
+SHARED_PREAMBLE = "Review the user's question and the corresponding response using the additive 5-point scoring system. "
+
+
+def test_a_prompt_sharing_the_previous_ones_preamble_prefills_only_the_rest(exact, tiny):
+    """Prefix reuse: the shared preamble is taken from the previous prompt's cache, and the samples are the
+    reference's (exact logits) and greedy is plain generate's (the random model)."""
+    reqs = [SampleRequest(k, SHARED_PREAMBLE + p, (0, 1, 2)) for k, p in PROMPTS.items()]
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=12, seed=5)
+    sampler = fast(exact, batch_size=2)
+    got = by_key(sampler.sample(reqs, params))
+    assert sampler.stats.reused_prompt_tokens >= 2 * fast_module.MIN_REUSED_PREFIX
+    assert got == by_key(ref(exact).sample(reqs, params))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    sampler = fast(tiny)
+    out = by_key(sampler.sample([SampleRequest(k, SHARED_PREAMBLE + p, (0,)) for k, p in PROMPTS.items()], greedy))
+    assert sampler.stats.reused_prompt_tokens > 0
+    for key, prompt in PROMPTS.items():
+        tokens = plain_greedy(tiny, SHARED_PREAMBLE + prompt, greedy)
+        assert out[(key, 0)].text == finish_completion(tiny.tokenizer, key, 0, tokens, len(tokens), [], greedy).text
+
+
 def test_same_sample_whatever_the_batch(exact):
     """(seed, key, index) alone decides a sample: batch size, neighbours and resume order do not matter
     (given logits that do not change with the batch shape: see `exact`)."""

@@ -21,6 +21,7 @@ same (seed, key, index) gives the same text as `hf_generate`, whatever else shar
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from collections import deque
@@ -49,6 +50,10 @@ INITIAL_CAPACITY = 128  # generated-key slots allocated per row before the cache
 # shared-prompt attention costs one kernel call per prompt per layer per step, which dominates when
 # many prompts have one sample each (greedy evaluation: ~15 s a step with 128 prompts, measured).
 INLINE_MAX_SAMPLES = 2
+# A prompt that begins with at least this many tokens of the previous prompt prefills only the rest (vLLM's
+# automatic prefix caching, for the common case of consecutive prompts sharing a preamble: a judge rubric, a
+# few-shot block). One prompt is remembered; requests come in order, so that is where the shared prefixes are.
+MIN_REUSED_PREFIX = 16
 NUCLEUS_CANDIDATES = 64  # top candidates examined per row before falling back to a full sort
 FULL_SORTS = [0]  # rows that needed the full-vocabulary sort (reported by bench/sampling.py)
 SUPPORTED = ("llama",)
@@ -144,6 +149,7 @@ class Stats:
     full_row_steps: int = 0  # the same, over steps with the batch at least 90% full ...
     full_steps_time: float = 0.0  # ... and their forward + sampling time (steady-state rate)
     prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0  # of which taken from the previous prompt's cache (MIN_REUSED_PREFIX)
     generated_tokens: int = 0
 
     def as_dict(self) -> dict:
@@ -176,6 +182,7 @@ class FastHFSampler(Sampler):
             HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16), num_threads=num_threads) if self.unsupported else None
         )
         self._w: _Weights | None = None
+        self._last_prefill: tuple[list[int], Any] | None = None  # (prompt ids, its transformers cache)
         self.stats = Stats()
 
     def count_tokens(self, text: str) -> int:
@@ -253,12 +260,16 @@ class _Run:
                 f"sampling.max_new_tokens: prompt '{req.key}' has {len(ids)} tokens; with {self.T} new tokens it "
                 f"exceeds the model's context of {self.w.max_positions}"
             )
-        cache = DynamicCache(config=self.s.model.config)
+        cache, reused = self._reused_prefix(ids)
+        if cache is None:
+            cache = DynamicCache(config=self.s.model.config)
         x = torch.tensor([ids])
-        for start in range(0, len(ids), self.s.max_batch_tokens):  # chunked prefill bounds activation memory
+        for start in range(reused, len(ids), self.s.max_batch_tokens):  # chunked prefill bounds activation memory
             chunk = x[:, start : start + self.s.max_batch_tokens]
             out = self.s.model(input_ids=chunk, **{_CACHE_ARG: cache}, use_cache=True, logits_to_keep=1)
+        self.s._last_prefill = (ids, cache)
         self.stats.prompt_tokens += len(ids)
+        self.stats.reused_prompt_tokens += reused
         indices = req.indices[:1] if self.params.greedy else req.indices
         return _Group(
             request=req,
@@ -269,6 +280,23 @@ class _Run:
             pending=deque(indices),
             inline=len(indices) <= INLINE_MAX_SAMPLES,
         )
+
+    def _reused_prefix(self, ids: list[int]) -> tuple[Any, int]:
+        """A copy of the previous prompt's cache cut to the prefix it shares with `ids`, and that prefix's length."""
+        if self.s._last_prefill is None:
+            return None, 0
+        last_ids, last_cache = self.s._last_prefill
+        shared = 0
+        for a, b in zip(last_ids, ids[:-1]):  # the last token is always computed: its logits start the samples
+            if a != b:
+                break
+            shared += 1
+        if shared < MIN_REUSED_PREFIX:
+            return None, 0
+        cache = copy.deepcopy(last_cache)
+        if shared < len(last_ids):
+            cache.crop(shared - len(last_ids))  # transformers 5.2x: a negative count of tokens to drop
+        return cache, shared
 
     def _fill(self, slots: list[int]) -> list[tuple[Completion, SampleRequest]]:
         """Start pending samples in free rows; a sample that ends on its first token frees its row again."""

@@ -513,3 +513,43 @@ def test_fast_greedy_equals_plain_generate_on_smollm2():
         tokens = plain_greedy(lm, prompt, params)
         want = finish_completion(lm.tokenizer, key, 0, tokens, 0, [eos], params)
         assert (got[(key, 0)].text, got[(key, 0)].num_tokens) == (want.text, want.num_tokens)
+
+
+def test_sampling_leaves_torch_thread_count_as_it_found_it(tiny):
+    """torch's thread count is process-wide: a count chosen for sampling (here fixed at 1) must not leak
+    into what the process does next (training after a Grow, a judge pass...)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sampler = fast(tiny, num_threads=1)
+        seen = []
+        for c in sampler.sample(requests((0,)), SamplingParams(temperature=0.0, max_new_tokens=3)):
+            seen.append(torch.get_num_threads())
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_rechecks_free_cores_every_step(monkeypatch):
+    from harness.sampling import threads
+    from harness.training.sft import train_on_free_cores
+
+    ticks = []
+    monkeypatch.setattr(threads.CoreShare, "start", lambda self: ticks.append("start") or 1)
+    monkeypatch.setattr(threads.CoreShare, "tick", lambda self: ticks.append("tick"))
+
+    class FakeTrainer:
+        callbacks: list = []
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+        def train(self):
+            for _ in range(3):
+                for cb in self.callbacks:
+                    cb.on_step_begin(None, None, None)
+            return "trained"
+
+    assert train_on_free_cores(FakeTrainer()) == "trained"
+    assert ticks == ["start", "tick", "tick", "tick"]

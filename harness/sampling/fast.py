@@ -201,9 +201,13 @@ class FastHFSampler(Sampler):
             return
         if self._w is None:
             self._w = _Weights(self.model, self.matmul_dtype)
+        threads = torch.get_num_threads()
         self.cores.start()
-        with torch.inference_mode():
-            yield from _Run(self, requests, params).run()
+        try:
+            with torch.inference_mode():
+                yield from _Run(self, requests, params).run()
+        finally:  # torch's thread count is process-wide: what sampling chose must not outlive it (training)
+            torch.set_num_threads(threads)
 
 
 class _Run:

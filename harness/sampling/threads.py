@@ -81,6 +81,7 @@ class CoreShare:
             return self.fixed
         if self._mark is not None and self._mark[1] is not None:
             self.tick()
+            self._apply(self.threads)  # the process-wide count may have been changed since (by training)
             return self.threads
         self._mark = self._now()
         if self._mark[1] is not None:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from harness.errors import ConfigError, DataError
 from harness.training.checkpoints import dequantized
+from harness.training.sft import train_on_free_cores
 from harness.training.config import peft_config, trainer_kwargs, training_config
 
 ROLLOUTS = ("trl", "harness")
@@ -308,7 +309,7 @@ def train_grpo(model: Any, tokenizer: Any, records: Sequence[dict], reward_fn: R
         rollout_func=harness_rollout(cfg) if cfg.rollout == "harness" else None,
     )
     start = time.perf_counter()
-    out = trainer.train()
+    out = train_on_free_cores(trainer)
     seconds = time.perf_counter() - start
     trained = trainer.model
     if hasattr(trained, "merge_and_unload"):

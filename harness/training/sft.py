@@ -70,11 +70,32 @@ def train_sft(model: Any, tokenizer: Any, data: TrainingData, cfg: Any, output_d
     return run_trainer(trainer, cfg)
 
 
+def train_on_free_cores(trainer: Any) -> Any:
+    """`trainer.train()` with one torch thread per core others leave free, re-checked every few steps.
+
+    The thread count is process-wide: without this, training inherits whatever the last sampling call
+    chose (one thread, if the machine was busy then) for the whole run.
+    """
+    from transformers import TrainerCallback
+
+    from harness.sampling.threads import CoreShare
+
+    cores = CoreShare()
+
+    class _Recheck(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            cores.tick()
+
+    cores.start()
+    trainer.add_callback(_Recheck())
+    return trainer.train()
+
+
 def run_trainer(trainer: Any, cfg: TrainingConfig) -> TrainResult:
     """Train a built TRL trainer; every method (SFT, DPO, GRPO...) reports the same TrainResult."""
     loss_before = _eval_loss(trainer) if cfg.measure_loss else None
     start = time.perf_counter()
-    out = trainer.train()
+    out = train_on_free_cores(trainer)
     seconds = time.perf_counter() - start
     loss_after = _eval_loss(trainer) if cfg.measure_loss else None
     trained = trainer.model

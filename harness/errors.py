@@ -11,3 +11,17 @@ class ConfigError(HarnessError):
 
 class DataError(HarnessError):
     """A data file is missing or malformed; the message names the file and line or field."""
+
+
+def read_json(path, what: str):
+    """The parsed JSON file at `path`; unreadable or malformed is a one-line DataError naming the file."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"{p}: cannot read {what} ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None

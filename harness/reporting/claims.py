@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from harness.errors import DataError
+from harness.errors import DataError, read_json
 
 VERDICTS = ("holds", "fails", "inconclusive")
 CLAIMS_FILE = "claims.json"
@@ -130,14 +130,7 @@ def write_run_claims(run_dir: str | os.PathLike, claims: Sequence[Claim], **meta
 
 def read_claims(path: str | os.PathLike) -> RunClaims:
     """Read and validate a claims.json; anything malformed is a one-line DataError naming the file and field."""
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataError(f"{p}: cannot read claims file ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    return parse_claims(raw, str(p))
+    return parse_claims(read_json(path, "claims file"), str(Path(path)))
 
 
 def parse_claims(raw: Any, source: str) -> RunClaims:

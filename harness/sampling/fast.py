@@ -26,6 +26,7 @@ import inspect
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -57,6 +58,10 @@ MIN_REUSED_PREFIX = 16
 NUCLEUS_CANDIDATES = 64  # top candidates examined per row before falling back to a full sort
 FULL_SORTS = [0]  # rows that needed the full-vocabulary sort (reported by bench/sampling.py)
 SUPPORTED = ("llama",)
+MATMUL_DTYPES = ("float32", "bfloat16", "auto")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 dot products in hardware
+# `auto` picks bf16 only when it is clearly faster: it gives up fp32 numerics, which a few percent do not pay for
+AUTO_BF16_MIN_SPEEDUP = 1.15
 # transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name warns until 5.40)
 _CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
@@ -156,6 +161,62 @@ class Stats:
         return dict(self.__dict__)
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo; empty where there is no such file (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@lru_cache(maxsize=None)
+def bf16_speedup(hidden: int, intermediate: int, threads: int, rows: int = 128, reps: int = 5) -> float:
+    """fp32 time / bf16 time of one layer's decode-shaped products (fused q/k/v-sized, o, fused gate/up,
+    down; `rows` sequences), bf16 including the casts the decode step does. Best of `reps`, fp32 and bf16
+    interleaved so that a shared machine's load falls on both alike; a fraction of a second, once per process."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(hidden, 3 * hidden), (hidden, hidden), (hidden, 2 * intermediate), (intermediate, hidden)]
+    inputs = [torch.randn(rows, k, generator=gen) for k, _ in shapes]
+    weights = [torch.randn(n, k, generator=gen) for k, n in shapes]
+    halves = [w.to(torch.bfloat16) for w in weights]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+    try:
+        with torch.inference_mode():
+            for rep in range(reps + 1):  # the first round warms the kernels up and is not counted
+                for dtype, ws in ((torch.float32, weights), (torch.bfloat16, halves)):
+                    start = time.perf_counter()
+                    for x, w in zip(inputs, ws):
+                        F.linear(x, w) if dtype == torch.float32 else F.linear(x.to(dtype), w).float()
+                    elapsed = time.perf_counter() - start
+                    if rep:
+                        best[dtype] = min(best[dtype], elapsed)
+    finally:
+        torch.set_num_threads(previous)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def resolve_matmul_dtype(value: str, config: Any) -> str:
+    """`backend.matmul_dtype` as the decode step will use it: float32 or bfloat16 as given; `auto` is bfloat16
+    only on a CPU with native bf16 where bf16 products measure >= AUTO_BF16_MIN_SPEEDUP faster at this model's
+    shapes (a bf16 emulated in software, or one the memory bandwidth does not reward, stays float32)."""
+    if value not in MATMUL_DTYPES:
+        raise ConfigError(f"backend.matmul_dtype: '{value}' is not one of {', '.join(MATMUL_DTYPES)}")
+    if value != "auto":
+        return value
+    if not set(NATIVE_BF16_FLAGS) & cpu_flags():
+        return "float32"
+    hidden = int(config.hidden_size)
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    fast = bf16_speedup(hidden, intermediate, torch.get_num_threads()) >= AUTO_BF16_MIN_SPEEDUP
+    return "bfloat16" if fast else "float32"
+
+
 class FastHFSampler(Sampler):
     name = "hf"
 
@@ -167,17 +228,18 @@ class FastHFSampler(Sampler):
         max_batch_tokens: int = 2048,
         matmul_dtype: str = "float32",
     ):
-        if matmul_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"backend.matmul_dtype: '{matmul_dtype}' is not one of float32, bfloat16")
-        self.matmul_dtype = getattr(torch, matmul_dtype)
         self.loaded = loaded_model
         self.model = loaded_model.model
+        self.unsupported = supports(self.model)
+        # `auto` is settled here, not per run: the store keys samples on `numerics`, which must name what ran
+        if self.unsupported and matmul_dtype == "auto":
+            matmul_dtype = "float32"  # unused: the fallback multiplies in the model's own dtype
+        self.matmul_dtype = getattr(torch, resolve_matmul_dtype(matmul_dtype, self.model.config))
         self.tokenizer = loaded_model.tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(16, int(max_batch_tokens))
         self.eos_ids = eos_token_ids(loaded_model)
         self.cores = CoreShare(num_threads)  # null: one thread per free core, re-checked as the run goes
-        self.unsupported = supports(self.model)
         self._fallback = (
             HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16), num_threads=num_threads) if self.unsupported else None
         )

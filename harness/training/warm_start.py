@@ -368,15 +368,10 @@ def write_report(out_dir: Path, record: dict, before: dict, after: dict, wall: d
 
 def rebuild_report(run_dir: Path) -> Path:
     """report.md and claims.json again from a run's metrics.json: no training, no sampling."""
-    from harness.errors import DataError
+    from harness.errors import DataError, read_json
 
     path = Path(run_dir) / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataError(f"{path}: cannot read warm-start metrics ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    metrics = read_json(path, "warm-start metrics")
     for key in ("training", "after", "wall_seconds"):
         if not isinstance(metrics, dict) or not isinstance(metrics.get(key), dict):
             raise DataError(f"{path}: field '{key}' missing or not an object")

@@ -1,5 +1,6 @@
 """Repeated-sampling throughput, side by side in one run: plain `generate(num_return_sequences)`,
-the fast `hf` backend, llama.cpp (llama-cpp-python, when installed) and the fp32 matmul ceiling.
+the fast `hf` backend, llama.cpp (llama-cpp-python, when installed: one sequence at a time, and many
+sequences in one batch sharing the prompt's KV cache) and the fp32 matmul ceiling.
 
     python bench/sampling.py                      # SmolLM2-135M, 8 GSM8K 8-shot prompts x 64 samples
     python bench/sampling.py --threads 1,2 --samples 64 --num-prompts 3
@@ -11,6 +12,7 @@ this one process on the same prompts and the ratios are what to compare; the CPU
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -48,8 +50,13 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--plain-samples", type=int, default=16, help="samples per prompt for plain generate")
     ap.add_argument("--plain-batch", type=int, default=16, help="num_return_sequences per generate call")
     ap.add_argument("--plain-prompts", type=int, default=2, help="prompts for plain generate and llama.cpp (the slow ones)")
-    ap.add_argument("--llamacpp-samples", type=int, default=8, help="samples per prompt for llama.cpp")
-    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,profile,contention")
+    ap.add_argument("--llamacpp-samples", type=int, default=8, help="samples per prompt for sequential llama.cpp")
+    ap.add_argument("--llamacpp-parallel", default="16,32,64",
+                    help="comma-separated parallel sequences to try for batched llama.cpp (the fastest one runs the workload)")
+    ap.add_argument("--llamacpp-kv", default="unified,split",
+                    help="comma-separated KV layouts to try for batched llama.cpp: unified (shared prompt cells), split")
+    ap.add_argument("--llamacpp-probe-tokens", type=int, default=48, help="new tokens per sample in the parallel sweep")
+    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,contention")
     ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
     ap.add_argument("--contention-seconds", type=float, default=180,
                     help="stop a contention row after this long and rate the samples finished so far")
@@ -226,6 +233,152 @@ def run_llamacpp(lm, texts, params, samples, threads, gguf):
     return {"tokens": tokens, "samples": count, "wall": t.wall, "cpu": t.cpu}
 
 
+def run_llamacpp_batched(lm, texts, params, samples, threads, gguf, parallel, kv_unified=True):
+    """llama.cpp at its best on repeated sampling: `parallel` sequences decoded together in one `llama_decode`
+    batch (llama-cpp-python's low-level API, as llama.cpp's own examples/batched and llama-server do). Each
+    prompt is prefilled once into its own sequence, whose KV cells each new sample takes over by
+    `llama_memory_seq_cp` (with `kv_unified` the cells are shared, not copied); a finished sequence frees its
+    slot at once for the next (prompt, index), across prompts. The last prompt token is fed again in each
+    sample's first step, which yields that sample's first logits (one extra token per sample). Sampling is
+    llama.cpp's sampler chain per sample (temperature, then top-p, then a draw seeded with the suite's
+    per-sample seed), so a sample does not depend on what shares its batch."""
+    import ctypes
+    from collections import deque
+
+    import llama_cpp as lc
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load and context logs, unless errors
+    prompt_ids = {key: lm.tokenizer(text, add_special_tokens=False).input_ids for key, text in texts.items()}
+    prompt_seq = {key: n for n, key in enumerate(texts)}  # sequences 0..P-1 hold prompts, P.. the samples
+    longest = max(map(len, prompt_ids.values()))
+    per_sample = params.max_new_tokens + 2
+    n_seq = len(texts) + parallel
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
+    vocab = lc.llama_model_get_vocab(model)
+    cp = lc.llama_context_default_params()
+    # unified: one pool of cells, a prompt's cells shared by its samples; split: a stream per sequence, each
+    # as large as the longest sequence, and a prompt's cells copied into each sample's stream
+    cp.n_ctx = len(texts) * longest + parallel * per_sample + 64 if kv_unified else n_seq * (longest + per_sample)
+    cp.n_batch = max(longest, parallel)
+    cp.n_ubatch = min(cp.n_batch, 512)
+    cp.n_seq_max = n_seq
+    cp.n_threads = cp.n_threads_batch = threads
+    cp.kv_unified = kv_unified
+    ctx = lc.llama_init_from_model(model, cp)
+    if hasattr(lc, "llama_get_memory"):  # llama-cpp-python >= 0.3.10 (llama.cpp's memory API)
+        mem = lc.llama_get_memory(ctx)
+        seq_cp = lambda src, dst: lc.llama_memory_seq_cp(mem, src, dst, -1, -1)  # noqa: E731
+        seq_rm = lambda seq: lc.llama_memory_seq_rm(mem, seq, -1, -1)  # noqa: E731
+    else:
+        seq_cp = lambda src, dst: lc.llama_kv_self_seq_cp(ctx, src, dst, -1, -1)  # noqa: E731
+        seq_rm = lambda seq: lc.llama_kv_self_seq_rm(ctx, seq, -1, -1)  # noqa: E731
+    batch = lc.llama_batch_init(cp.n_batch, 0, 1)
+    eos = eos_token_ids(lm)
+    piece = ctypes.create_string_buffer(256)
+    tail_bytes = 4 * max((len(s) for s in params.stop), default=0) + 256  # holds a stop string and the last piece
+
+    def decode(entries) -> None:
+        for j, (token, pos, seq, want_logits) in enumerate(entries):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, pos, 1, want_logits
+            batch.seq_id[j][0] = seq
+        batch.n_tokens = len(entries)
+        rc = lc.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} ({len(entries)} tokens, n_ctx {cp.n_ctx})")
+
+    def start(slot: int, key: str, index: int) -> dict:
+        ids = prompt_ids[key]
+        if started[key] == 0 and len(ids) > 1:
+            decode([(tok, pos, prompt_seq[key], False) for pos, tok in enumerate(ids[:-1])])
+        started[key] += 1
+        seq = len(texts) + slot
+        seq_cp(prompt_seq[key], seq)
+        if started[key] == samples:  # its cells live on in the samples that took them
+            seq_rm(prompt_seq[key])
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(sample_seed(params.seed, key, index) & 0x7FFFFFFF))
+        return {"key": key, "index": index, "seq": seq, "chain": chain, "next": ids[-1], "pos": len(ids) - 1,
+                "gen": [], "text": b""}
+
+    queue = deque((key, i) for key in texts for i in range(samples))
+    started = defaultdict(int)
+    slots: list[dict | None] = [None] * parallel
+    done = []
+    steps = rows = 0
+    forward = 0.0  # seconds in llama_decode of the decode steps (prefills excluded); the rest is sampling and Python
+    with Timer() as t:
+        while queue or any(slots):
+            for s in range(parallel):
+                if slots[s] is None and queue:
+                    slots[s] = start(s, *queue.popleft())
+            live = [s for s in range(parallel) if slots[s] is not None]
+            tick = time.perf_counter()
+            decode([(slots[s]["next"], slots[s]["pos"], slots[s]["seq"], True) for s in live])
+            forward += time.perf_counter() - tick
+            steps, rows = steps + 1, rows + len(live)
+            for j, s in enumerate(live):
+                r = slots[s]
+                token = lc.llama_sampler_sample(r["chain"], ctx, j)
+                r["gen"].append(token)
+                finished = lc.llama_vocab_is_eog(vocab, token) or len(r["gen"]) >= params.max_new_tokens
+                if not finished and params.stop:
+                    n = lc.llama_token_to_piece(vocab, token, piece, len(piece), 0, False)
+                    r["text"] = (r["text"] + piece.raw[: max(n, 0)])[-tail_bytes:]
+                    tail = r["text"].decode("utf-8", "ignore")
+                    finished = any(stop in tail for stop in params.stop)
+                if finished:
+                    done.append(finish_completion(lm.tokenizer, r["key"], r["index"], r["gen"], 0, eos, params))
+                    seq_rm(r["seq"])
+                    lc.llama_sampler_free(r["chain"])
+                    slots[s] = None
+                else:
+                    r["next"], r["pos"] = token, r["pos"] + 1
+    lc.llama_batch_free(batch)
+    lc.llama_free(ctx)
+    lc.llama_model_free(model)
+    tokens = sum(c.num_tokens for c in done)
+    return {"tokens": tokens, "samples": len(done), "wall": t.wall, "cpu": t.cpu, "mean_len": tokens / max(1, len(done)),
+            "mean_rows": rows / max(1, steps), "forward": forward, "reasons": {r: sum(c.finish_reason == r for c in done) for r in ("stop", "eos", "length")}}
+
+
+def best_llamacpp_parallel(lm, texts, params, threads, gguf, candidates, kv_modes, max_new_tokens) -> tuple[int, bool]:
+    """The (parallel sequences, kv_unified) with the highest tok/s on a short run: the first prompt, as many
+    samples as the largest candidate, at most `max_new_tokens` each. Prints every measurement."""
+    from dataclasses import replace
+
+    short = replace(params, max_new_tokens=min(params.max_new_tokens, max_new_tokens))
+    first = dict(list(texts.items())[:1])
+    best, choice = -1.0, (candidates[0], kv_modes[0])
+    for unified in kv_modes:
+        for parallel in candidates:
+            res = run_llamacpp_batched(lm, first, short, max(candidates), threads, gguf, parallel, unified)
+            print(f"  llama.cpp batched, {threads} thread(s), {parallel} parallel, kv {'unified' if unified else 'split'}: "
+                  f"{rate_of(res):.1f} tok/s ({res['samples']} samples, <= {short.max_new_tokens} tokens; "
+                  f"llama_decode {res['forward']:.1f} of {res['wall']:.1f} s)", flush=True)
+            if rate_of(res) > best:
+                best, choice = rate_of(res), (parallel, unified)
+    return choice
+
+
+def llamacpp_gguf(lm, quiet: bool = False) -> Path | None:
+    """The GGUF file llama.cpp runs: the model's own source, when llama-cpp-python is installed and it is one."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if not quiet:
+            print("  llama.cpp: llama-cpp-python is not installed (pip install llm-replications[llamacpp]); skipped")
+        return None
+    gguf = Path(lm.source)
+    if gguf.suffix != ".gguf":
+        if not quiet:
+            print(f"  llama.cpp: model source {gguf} is not a GGUF file; skipped")
+        return None
+    return gguf
+
+
 def profile_step(lm, texts, params, batch, threads, t_mean):
     """One decode step with `batch` rows of one prompt at generated length ~t_mean: op-level split."""
     from torch.profiler import profile
@@ -303,41 +456,44 @@ def main() -> None:
             print(f"  fast sampler, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
         if "bf16" not in skip:
             res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16")
-            rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in, AMX; not fp32 numerics)", th, res))
+            rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics)", th, res))
             print(f"  fast sampler bf16 matmuls, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
-        if "llamacpp" not in skip:
-            try:
-                import llama_cpp  # noqa: F401
-            except ImportError:
-                if th == threads[0]:
-                    print("  llama.cpp: llama-cpp-python is not installed (pip install llm-replications[llamacpp]); skipped")
-            else:
-                gguf = Path(lm.source)
-                if gguf.suffix != ".gguf":
-                    print(f"  llama.cpp: model source {gguf} is not a GGUF file; skipped")
-                else:
-                    res = run_llamacpp(lm, few, params, args.llamacpp_samples, th, gguf)
-                    rows.append((f"llama.cpp ({gguf.name}, sequential, prefix reuse)", th, res))
-                    print(f"  llama.cpp, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+        gguf = llamacpp_gguf(lm, quiet=th != threads[0]) if {"llamacpp", "llamacpp_batched"} - skip else None
+        if gguf is not None and "llamacpp" not in skip:
+            res = run_llamacpp(lm, few, params, args.llamacpp_samples, th, gguf)
+            rows.append((f"llama.cpp ({gguf.name}, sequential, prefix reuse)", th, res))
+            print(f"  llama.cpp, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+        if gguf is not None and "llamacpp_batched" not in skip:
+            candidates = [int(x) for x in args.llamacpp_parallel.split(",")]
+            kv_modes = [{"unified": True, "split": False}[x] for x in args.llamacpp_kv.split(",")]
+            parallel, unified = best_llamacpp_parallel(lm, texts, params, th, gguf, candidates, kv_modes, args.llamacpp_probe_tokens)
+            res = run_llamacpp_batched(lm, texts, params, args.samples, th, gguf, parallel, unified)
+            rows.append((f"llama.cpp batched ({gguf.name}, {parallel} parallel sequences, kv {'unified' if unified else 'split'}, "
+                         f"mean {res['mean_rows']:.0f} live)", th, res))
+            print(f"  llama.cpp batched, {th} thread(s), {parallel} parallel: {rate_of(res):.1f} tok/s, mean {res['mean_len']:.0f} "
+                  f"tokens, finish {res['reasons']}; llama_decode {res['forward']:.1f} s of {res['wall']:.1f} s "
+                  f"(the rest: prefills, llama.cpp's per-sequence sampler chains over the full vocabulary, Python)", flush=True)
 
     contention = []
     if "contention" not in skip:
         contention = run_contention(lm, texts, params, args.contention_samples, args.batch_size, args.contention_seconds)
 
     base = {th: r["tokens"] / r["wall"] for name, th, r in rows if name.startswith("plain") and r.get("tokens")}
+    fast_rate = {th: rate_of(r) for name, th, r in rows if name.startswith("fast hf sampler (") and r.get("tokens")}
     ceil = {th: r["rate"] for name, th, r in rows if name.startswith("fp32")}
     print(f"\nload average at end: {load():.2f}\n")
-    print("| method | threads | samples | tokens | wall s | tok/s | samples/s | tok/s per CPU-s | x plain | % of ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | threads | samples | tokens | wall s | tok/s | samples/s | tok/s per CPU-s | x plain | x fast | % of ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, th, r in rows:
         if "rate" in r:
             share = 100 * r["rate"] / ceil[th]
-            print(f"| {name} | {th} | | | | {r['rate']:.0f} | | | | {share:.0f}% ({r['note']}) |")
+            print(f"| {name} | {th} | | | | {r['rate']:.0f} | | | | | {share:.0f}% ({r['note']}) |")
             continue
         rate = r["tokens"] / r["wall"]
         x = f"{rate / base[th]:.2f}" if th in base else "-"
+        xf = f"{rate / fast_rate[th]:.2f}" if th in fast_rate else "-"
         print(f"| {name} | {th} | {r['samples']} | {r['tokens']} | {r['wall']:.1f} | {rate:.1f} | {r['samples'] / r['wall']:.2f} "
-              f"| {r['tokens'] / max(r['cpu'], 1e-9):.1f} | {x} | {100 * rate / ceil[th]:.0f}% |")
+              f"| {r['tokens'] / max(r['cpu'], 1e-9):.1f} | {x} | {xf} | {100 * rate / ceil[th]:.0f}% |")
 
     if contention:
         alone = rate_of(contention[0][1])

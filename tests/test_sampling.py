@@ -553,3 +553,44 @@ def test_training_rechecks_free_cores_every_step(monkeypatch):
 
     assert train_on_free_cores(FakeTrainer()) == "trained"
     assert ticks == ["start", "tick", "tick", "tick"]
+
+
+# ---- matmul_dtype: auto ----------------------------------------------------------------------
+
+
+def test_auto_matmul_dtype_is_float32_without_native_bf16(tiny, monkeypatch):
+    """No avx512_bf16/amx_bf16 flag: float32 without timing anything (the timer would fail the test)."""
+    monkeypatch.setattr(fast_module, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "fma"}))
+    monkeypatch.setattr(fast_module, "bf16_speedup", lambda *a, **k: pytest.fail("timed products on a CPU without bf16"))
+    s = fast(tiny, matmul_dtype="auto")
+    assert s.matmul_dtype == torch.float32
+    assert s.numerics == {"matmul_dtype": "float32"}
+
+
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+@pytest.mark.parametrize(("speedup", "chosen"), [(1.6, "bfloat16"), (1.05, "float32"), (0.7, "float32")])
+def test_auto_matmul_dtype_takes_bf16_only_when_clearly_faster(tiny, monkeypatch, flag, speedup, chosen):
+    """With native bf16 the measured speedup decides, and `numerics` (the store key) names the resolved
+    dtype, never "auto". The measurement is replaced by a fixed number: no timed assertion."""
+    monkeypatch.setattr(fast_module, "cpu_flags", lambda: frozenset({"avx512f", flag}))
+    monkeypatch.setattr(fast_module, "bf16_speedup", lambda *a, **k: speedup)
+    s = fast(tiny, matmul_dtype="auto")
+    assert s.numerics == {"matmul_dtype": chosen}
+    out = list(s.sample(requests((0,)), SamplingParams(max_new_tokens=3)))
+    assert sorted(c.key for c in out) == sorted(PROMPTS)
+
+
+def test_bad_matmul_dtype_is_one_config_error(tiny):
+    for bad in ("bf16", "float16", "AUTO"):
+        with pytest.raises(ConfigError, match=r"^backend\.matmul_dtype: .*auto") as err:
+            fast(tiny, matmul_dtype=bad)
+        assert "\n" not in str(err.value)
+
+
+def test_bf16_speedup_is_a_positive_ratio_and_cached():
+    """The measurement itself (tiny shapes): a finite positive ratio, measured once per process and shapes."""
+    fast_module.bf16_speedup.cache_clear()
+    first = fast_module.bf16_speedup(16, 32, 1, rows=4, reps=1)
+    assert 0 < first < float("inf")
+    assert fast_module.bf16_speedup(16, 32, 1, rows=4, reps=1) == first
+    assert fast_module.bf16_speedup.cache_info().hits == 1

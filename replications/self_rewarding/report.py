@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from harness.reporting.plots import curve_plot
 from harness.reporting.published import load_published
 from harness.reporting.report import Report, format_estimate
 from harness.reporting.run import Run
@@ -51,6 +52,14 @@ def write(run: Run, steps, results: dict, cfg: DictConfig) -> Path:
     acc = analysis.accuracy_table(results)
     acc.to_csv(run.path("accuracy.csv"), index=False)
     rep.heading("Task accuracy (greedy pass@1)").table(_accuracy_wide(acc, "greedy pass@1"))
+    per_level = acc[(acc["metric"] == "greedy pass@1") & (acc["level"] != "all")].copy()
+    if not per_level.empty:
+        per_level["level"] = per_level["level"].astype(int)
+        per_level["model"] = per_level["model"].map(analysis.label_text)
+        png = curve_plot(per_level, "level", "value", run.path("accuracy_per_level.png"), group="model", logx=False,
+                         xlabel="ladder level", ylabel="greedy pass@1", title="Task accuracy per level, M0 ... M3")
+        rep.figure(png, "Greedy pass@1 per ladder level, one line per model; band: bootstrap 95% CI over the level's "
+                        "problems (numbers: accuracy.csv)", relative_to=run.dir)
     if (acc["metric"] == "sampled pass@1").any():
         rep.heading("Task accuracy (sampled pass@1, candidate decoding)").table(_accuracy_wide(acc, "sampled pass@1"))
     rep.heading("Head-to-head by the grader (greedy answers; a correct answer beats an incorrect one)")

@@ -8,6 +8,10 @@ Lenient: the stated answer even when cut off, else the last number of the respon
 `flexible-extract` (GSM8K) does; on MATH, the response's last line, read by math-verify's unanchored rules.
 In both modes a number that is part of a larger expression (`10^{10^{10}}`, `9**9`, `\\frac{1+\\sqrt5}{2}`)
 is never taken as the answer.
+A box that holds text with its own inline math (`\\fbox{We find that $x < 3$.}`) states what that text
+states: a statement inside it (`... so the loss is $\\boxed{28\\%}$.`), else the text itself, which math-verify
+reads as it reads a response (the number reader refuses it: a sentence is not a number).
+Digits grouped by spaces in threes (`1 000`) are one number in both modes.
 
 Everything here is regexes and brace matching: no sympy, so it is safe in the parent process. Model text is
 never `eval`-ed: numbers go through `fractions.Fraction`.
@@ -20,7 +24,7 @@ from fractions import Fraction
 
 # Bump whenever a change here (or in how grader.py judges) can change an extracted answer or a verdict:
 # cached grades are keyed by it.
-EXTRACTION_VERSION = "2"
+EXTRACTION_VERSION = "3"
 
 MODES = ("strict", "lenient")
 TRUNCATED = "length"  # the finish_reason of a response stopped by the token limit
@@ -34,6 +38,11 @@ _ANSWER_PHRASE = re.compile(
 )
 _HASHES = re.compile(r"####\s*")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n|\s+I hope it is correct", re.IGNORECASE)
+# Inline math inside a box's content: the box holds text, not an expression.
+_INLINE_MATH = re.compile(r"(?<!\\)\$[^$]*[^$\s\\][^$]*(?<!\\)\$")
+# Digits grouped by single spaces, three to a group ("1 000", "12 345 678"): one number, as SI writes it and
+# as LaTeX's math mode typesets it (it drops the spaces); math-verify would read "1 000" as 1*000.
+_SPACED_DIGIT_GROUPS = re.compile(r"(?<![\d.,])\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\d,]|\.\d| \d)")
 
 NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER_TOKEN = re.compile(rf"(?<![\d.,])[-−]?(?:{NUMBER})(?:/\d+)?(?![\d])")
@@ -51,7 +60,7 @@ class Statement:
     """A final answer as the response states it."""
 
     answer: str  # box contents (joined by ", " when several), or the text after the phrase / "####"
-    region: str  # the part of the response that states it: what math-verify reads
+    region: str  # what math-verify reads: the boxes themselves, the phrase to its line's end, or a box's text
     start: int  # where the statement starts in the response
     end: int  # where its answer ends
 
@@ -112,14 +121,31 @@ def _last_box_group(text: str) -> Statement | None:
             break
         group.insert(0, box)
     start, end = group[0][0], group[-1][1]
-    line_start, line_end = _line_bounds(text, start, end)
-    return Statement(", ".join(b[2] for b in group), text[line_start:line_end].strip(), start, end)
+    # The boxes alone are what math-verify reads: on the whole line, when it cannot read a box (`28\\%`), it
+    # would take another formula of that line ("so $x=5$ and $\\boxed{28\\%}$" read as x = 5).
+    return Statement(", ".join(b[2] for b in group), text[start:end], start, end)
+
+
+def _inside_text_box(box: Statement) -> Statement:
+    """What a box of text with inline math states: a statement inside it, else the text itself."""
+    if not _INLINE_MATH.search(box.answer) or len(boxes(box.region)) != 1:  # several boxes: one answer each
+        return box
+    offset = box.region.index(box.answer)  # where the content starts inside `\\boxed{...}`
+    inner = _statement(box.answer, look_inside_text_boxes=False)  # one level: no recursion on model text
+    if inner is None:
+        return Statement(box.answer, box.answer, box.start + offset, box.start + offset + len(box.answer))
+    return Statement(inner.answer, inner.region, box.start + offset + inner.start, box.start + offset + inner.end)
 
 
 def _after_anchor(text: str, anchor_end: int) -> str:
     rest = text[anchor_end : anchor_end + 300]
     cut = _SENTENCE_END.search(rest)
     return strip_dollars(rest[: cut.start()] if cut else rest)
+
+
+def join_digit_groups(text: str) -> str:
+    """`1 000` -> `1000` (see _SPACED_DIGIT_GROUPS); other spaces are left alone."""
+    return _SPACED_DIGIT_GROUPS.sub(lambda m: m.group(0).replace(" ", ""), text)
 
 
 def strip_dollars(answer: str) -> str:
@@ -131,6 +157,10 @@ def strip_dollars(answer: str) -> str:
 
 def stated_answer(response: str) -> Statement | None:
     """The final answer the response states explicitly, or None (see the module docstring)."""
+    return _statement(response, look_inside_text_boxes=True)
+
+
+def _statement(response: str, look_inside_text_boxes: bool) -> Statement | None:
     if not isinstance(response, str) or not response.strip():
         return None
     hashes = _HASHES.search(response)  # the first "####", as the Monkeys repo and lm-eval's strict-match
@@ -145,7 +175,7 @@ def stated_answer(response: str) -> Statement | None:
             _, line_end = _line_bounds(response, anchor.start(), anchor.end())
             region = response[anchor.start() : line_end].strip()
             return Statement(answer, region, anchor.start(), anchor.end() + len(answer))
-    return box
+    return _inside_text_box(box) if box is not None and look_inside_text_boxes else box
 
 
 def is_truncated(finish_reason: object) -> bool:
@@ -173,7 +203,7 @@ def read_number(answer: str | None) -> str | None:
     number with units: an expression is never read as the number in it."""
     if answer is None:
         return None
-    s = _plain(answer)
+    s = join_digit_groups(_plain(answer))
     if "=" in s:  # "x = 18", "3*6 = 18": the value after the last "=" (not "k = 45, n = 2")
         before, s = s.rsplit("=", 1)
         if "," in before:

@@ -38,6 +38,7 @@ from harness.grading.extract import (
     Statement,
     as_fraction,
     is_truncated,
+    join_digit_groups,
     last_boxed,
     last_number,
     read_number,
@@ -181,6 +182,9 @@ def _math_verify_equal(text: str, reference: str, answer: str | None) -> tuple[b
     but not "\\boxed{10\\%}")."""
     from math_verify import parse, verify
 
+    # "1 000" is 1000 on either side (math-verify alone reads 1*000 = 0)
+    text, reference = join_digit_groups(text), join_digit_groups(reference)
+    answer = join_digit_groups(answer) if answer else answer
     if re.search(r"(?<!\\)\$|\\boxed|\\fbox", reference):  # stated: math-verify's own rules
         gold = parse(reference, parsing_timeout=None)  # (several boxes are one answer, as in a response)
     else:  # raw LaTeX, as datasets hold it

@@ -163,3 +163,20 @@ def test_tiny_monkeys_run_writes_no_absolute_path(tmp_path):
     prov = json.loads(written["provenance.json"])
     assert prov["data"]["source"] == "data:gsm8k/test.jsonl"
 
+
+
+def test_stage_times_add_up_on_resume_but_restart_for_another_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from harness.reporting.run import start_run
+
+    cfg = OmegaConf.create({"paper": "p", "prompt": {"template": "A {question}"}})
+    run = start_run(cfg, "p", run_dir=tmp_path)
+    with run.stage("sampling"):
+        pass
+    run.timings["sampling"] = 10.0
+    run.save_json("stages.json", run.timings)
+    resumed = start_run(cfg, "p", run_dir=tmp_path)
+    assert resumed.timings == {"sampling": 10.0}  # the same config: a resume keeps what it spent
+    changed = OmegaConf.create({"paper": "p", "prompt": {"template": "B {question}"}})
+    assert start_run(changed, "p", run_dir=tmp_path).timings == {}  # another run under the same name

@@ -164,11 +164,14 @@ def start_run(cfg: DictConfig, paper: str, run_dir: str | Path | None = None, da
     directory = Path(run_dir) if run_dir else run_dir_from_hydra(Path("results") / paper / "run")
     directory.mkdir(parents=True, exist_ok=True)
     run = Run(directory, paper, data_root=Path(data_root) if data_root is not None else _data_root(cfg))
-    stages = directory / "stages.json"
-    if stages.exists():  # a resumed run keeps adding to the stage times it already spent
-        run.timings = json.loads(stages.read_text())
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    (directory / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run.portable(resolved))))
+    config_text = OmegaConf.to_yaml(OmegaConf.create(run.portable(resolved)))
+    stages, config_file = directory / "stages.json", directory / "config.yaml"
+    same_config = config_file.exists() and config_file.read_text() == config_text
+    if stages.exists() and same_config:  # a resumed run keeps adding to the stage times it already spent ...
+        run.timings = json.loads(stages.read_text())
+    # ... but another config in the same directory (a changed prompt, the same run name) starts its clock afresh
+    config_file.write_text(config_text)
     run.provenance = {
         "paper": paper,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

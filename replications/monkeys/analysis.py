@@ -15,7 +15,7 @@ from harness.grading.graded import per_problem
 from harness.pipeline.experiment import BASE, Experiment, Policy, prompt_from_cfg
 from harness.reporting.published import claim, published_text
 from harness.reporting.report import Claim, format_estimate
-from harness.selection.metrics import canonical_method, coverage_curve, k_grid, pass_at_k, selection_curve
+from harness.selection.metrics import canonical_method, coverage_curve, k_grid, paired_bootstrap, pass_at_k, selection_curve
 from harness.selection.scaling_fit import FitResult, fit_exponentiated_power_law, predict
 
 
@@ -275,7 +275,10 @@ class Rise:
     ours: str
 
 
-def coverage_rise(cov: pd.DataFrame, n: int) -> Rise:
+def coverage_rise(cov: pd.DataFrame, n: int, per_problem: pd.DataFrame | None = None) -> Rise:
+    """Coverage at k=1 vs the largest k. With the per-problem counts (n, c) the rise is a paired bootstrap over
+    problems of pass@kmax - pass@1 (holds when its CI is above zero); without them, the two CIs must be apart.
+    Per problem pass@k never falls with k, so the question is whether the rise is real at this n, not its sign."""
     k1, kmax = int(cov["k"].min()), int(cov["k"].max())
     first, last = _at(cov, k1), _at(cov, kmax)
     ours = (f"coverage@{k1} {format_estimate(first.coverage, first.ci_low, first.ci_high, n)} -> "
@@ -286,6 +289,16 @@ def coverage_rise(cov: pd.DataFrame, n: int) -> Rise:
         return Rise("inconclusive", "floor", k1, kmax, evidence + " (no problem solved at any k)", ours)
     if first.coverage >= 1:
         return Rise("inconclusive", "ceiling", k1, kmax, evidence + f" (every problem solved at k={k1})", ours)
+    if per_problem is not None and len(per_problem):
+        at = lambda k: [pass_at_k(int(r.n), int(r.c), min(k, int(r.n))) for r in per_problem.itertuples()]  # noqa: E731
+        gain = paired_bootstrap(at(kmax), at(k1))
+        evidence += (f"; paired gain {100 * gain.mean:+.1f} points [{100 * gain.ci_low:+.1f}, {100 * gain.ci_high:+.1f}] "
+                     f"(bootstrap over {gain.n} problems)")
+        if gain.ci_low > 0:
+            return Rise("holds", "", k1, kmax, evidence, ours)
+        if gain.ci_high <= 0:  # no problem gains from more samples: coverage is flat
+            return Rise("fails", "", k1, kmax, evidence, ours)
+        return Rise("inconclusive", "paired CI reaches 0", k1, kmax, evidence, ours)
     if last.ci_low > first.ci_high:
         return Rise("holds", "", k1, kmax, evidence, ours)
     if last.coverage <= first.coverage:
@@ -305,7 +318,7 @@ def check_claims(res: MonkeysResults, cfg: DictConfig) -> list[Claim]:
     claims = []
     cov = res.coverage
     n = res.n_problems
-    rise = coverage_rise(cov, n)
+    rise = coverage_rise(cov, n, res.per_problem)
     k1, kmax = rise.k1, rise.kmax
     last = _at(cov, kmax)
     name = f"Coverage rises with the number of samples (k={k1} -> k={kmax}){graded_as}"
@@ -354,7 +367,8 @@ def ladder_claim(ladder: LadderResults, graded_as: str = "") -> Claim:
     """Coverage rises with k on every ladder level: fails if it falls on one, holds if it rises (CIs apart)
     on every level where it can move; a level at the floor (nothing solved) or ceiling (all solved at k=1)
     cannot show a rise at this k and is named, not counted."""
-    rises = {lv.level: coverage_rise(lv.coverage, lv.n_problems) for lv in ladder.levels}
+    rises = {lv.level: coverage_rise(lv.coverage, lv.n_problems, ladder.per_problem[ladder.per_problem["level"] == lv.level])
+             for lv in ladder.levels}
     testable = {level: r for level, r in rises.items() if r.why not in ("floor", "ceiling")}
     verdicts = "; ".join(f"level {level}: {r.status}{f' ({r.why})' if r.why else ''}" for level, r in rises.items())
     kmax = max(r.kmax for r in rises.values())

@@ -3,7 +3,11 @@
 What makes it fast, compared with `generate(num_return_sequences=n)`:
 - each prompt is prefilled once (transformers' own forward); its keys/values are shared, never copied,
   by the n samples drawn from it: attention over the shared prefix is one matrix product for all the
-  rows of that prompt (queries of n samples x prefix keys), not n memory-bound vector products;
+  rows of that prompt (queries of n samples x prefix keys), not n memory-bound vector products; a prompt
+  with one or two samples (greedy evaluation) is instead copied into its rows' caches, so that many such
+  prompts share one batched attention rather than one call each;
+- a prompt that starts with the previous prompt's tokens (a judge rubric, a few-shot block) prefills only
+  what follows them;
 - continuous batching: a sequence that ends (EOS, stop string, max tokens) frees its row at once and
   the next pending (key, index) takes it, across samples and prompts, so no row pads to max tokens;
 - the nucleus is found among the top-64 candidates (a full-vocabulary sort only for the rare rows

@@ -30,7 +30,7 @@ from harness.data.problems import load_split  # noqa: E402
 from harness.models.loading import load_model  # noqa: E402
 from harness.data.prompts import fill, load_prompt, render  # noqa: E402
 from harness.sampling.base import SampleRequest, SamplingParams, sample_seed  # noqa: E402
-from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights  # noqa: E402
+from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 
 
@@ -65,8 +65,8 @@ def parse() -> argparse.Namespace:
 
 def machine() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
-    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "")
-    avx = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags]
+    flags = cpu_flags()
+    avx = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f in flags]
     return f"{cpu}, {os.cpu_count()} cpus ({', '.join(avx) or 'no avx512'}), torch {torch.__version__}"
 
 

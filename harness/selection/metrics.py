@@ -163,8 +163,12 @@ def coverage_curve(
     """
     if len(counts) == 0 or len(ks) == 0:
         raise ValueError("coverage_curve needs at least one problem and one k")
-    values = np.array([[pass_at_k(n, c, int(k)) for k in ks] for n, c in counts])
-    return _curve(values, ks, "coverage", n_boot, seed, alpha)
+    return _curve(pass_at_k_table(counts, ks), ks, "coverage", n_boot, seed, alpha)
+
+
+def pass_at_k_table(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> np.ndarray:
+    """pass@k per problem (rows: (n_i, c_i) of `counts`) at each k (columns)."""
+    return np.array([[pass_at_k(int(n), int(c), int(k)) for k in ks] for n, c in counts])
 
 
 # ---- selection as expectations over size-k subsets ----------------------------------------------------

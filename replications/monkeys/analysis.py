@@ -15,7 +15,7 @@ from harness.grading.graded import per_problem
 from harness.pipeline.experiment import BASE, Experiment, Policy, prompt_from_cfg
 from harness.reporting.published import claim, published_text
 from harness.reporting.report import Claim, format_estimate
-from harness.selection.metrics import canonical_method, coverage_curve, k_grid, paired_bootstrap, pass_at_k, selection_curve
+from harness.selection.metrics import canonical_method, coverage_curve, k_grid, paired_bootstrap, pass_at_k_table, selection_curve
 from harness.selection.scaling_fit import FitResult, fit_exponentiated_power_law, predict
 
 
@@ -78,8 +78,7 @@ def verdict_counts(graded: pd.DataFrame) -> dict[str, list[tuple[int, int]]]:
 def fit_points(counts: list[tuple[int, int]], n: int, num_points: int, min_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Coverage at `num_points` log-spaced k (the paper fits on 40), without CIs."""
     ks = np.unique(np.round(np.logspace(np.log10(min_k), np.log10(n), num_points)).astype(int))
-    cov = np.array([np.mean([pass_at_k(ni, ci, int(k)) for ni, ci in counts]) for k in ks])
-    return ks, cov
+    return ks, pass_at_k_table(counts, ks).mean(axis=0)
 
 
 RM_METHODS = ("rm_best_of_k", "rm_weighted_vote")
@@ -290,8 +289,8 @@ def coverage_rise(cov: pd.DataFrame, n: int, per_problem: pd.DataFrame | None = 
     if first.coverage >= 1:
         return Rise("inconclusive", "ceiling", k1, kmax, evidence + f" (every problem solved at k={k1})", ours)
     if per_problem is not None and len(per_problem):
-        at = lambda k: [pass_at_k(int(r.n), int(r.c), min(k, int(r.n))) for r in per_problem.itertuples()]  # noqa: E731
-        gain = paired_bootstrap(at(kmax), at(k1))
+        table = pass_at_k_table(list(zip(per_problem["n"], per_problem["c"])), [k1, kmax])
+        gain = paired_bootstrap(table[:, 1], table[:, 0])
         evidence += (f"; paired gain {100 * gain.mean:+.1f} points [{100 * gain.ci_low:+.1f}, {100 * gain.ci_high:+.1f}] "
                      f"(bootstrap over {gain.n} problems)")
         if gain.ci_low > 0:

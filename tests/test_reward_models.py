@@ -238,3 +238,17 @@ def test_transformers_identity_is_weights_and_config(tiny, tmp_path):
     hub = CausalLMPRM(reward_model_config({"name": "hub", "kind": "causal_lm_prm", "hub_id": "org/prm",
                                            "revision": "a" * 40}), model=rm.model, tokenizer=rm.tokenizer)
     assert hub.identity.startswith(f"hub:org/prm@{'a' * 40}+config:")
+
+
+def test_within_problem_auc_ignores_what_separates_problems():
+    from harness.reward.training import outcome_metrics
+
+    # problem a: all right and scored high, problem b: all wrong and scored low (pooled AUC rewards this);
+    # within problems c and d the scores rank wrong above right: within-problem AUC 0
+    problems = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    correct = [True, True, False, False, True, False, True, False]
+    scores = [0.9, 0.95, 0.1, 0.05, 0.4, 0.6, 0.45, 0.55]
+    m = outcome_metrics(scores, correct, problems)
+    assert m["auc"] > 0.5
+    assert m["within_problem_auc"] == 0.0 and m["mixed_problems"] == 2
+    assert "within_problem_auc" not in outcome_metrics(scores, correct)

@@ -594,3 +594,29 @@ def test_bf16_speedup_is_a_positive_ratio_and_cached():
     assert 0 < first < float("inf")
     assert fast_module.bf16_speedup(16, 32, 1, rows=4, reps=1) == first
     assert fast_module.bf16_speedup.cache_info().hits == 1
+
+
+# ---- counter-based streams (backend.rng=counter, harness/sampling/counter_rng.py) -------------------------
+
+
+def test_counter_stream_samples_are_batch_independent_and_shared_by_both_backends(exact):
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=12, seed=3)
+    reqs = requests(range(4))
+    whole = by_key(fast(exact, batch_size=8, rng="counter").sample(reqs, params))
+    one = by_key(fast(exact, batch_size=1, rng="counter").sample(reqs, params))
+    reference = by_key(make_sampler(OmegaConf.create({"name": "hf_generate", "rng": "counter"}), exact).sample(reqs, params))
+    assert whole == one == reference
+    generator = by_key(fast(exact, batch_size=8).sample(reqs, params))
+    assert sum(generator[k].text != whole[k].text for k in whole) > len(whole) // 2  # another stream: other samples
+
+
+def test_the_store_keys_on_a_counter_stream_and_not_on_the_default(tiny):
+    counter = {"matmul_dtype": "float32", "rng": "counter"}
+    assert fast(tiny, rng="counter").numerics == counter
+    assert make_sampler(OmegaConf.create({"name": "hf_generate", "rng": "counter"}), tiny).numerics == counter
+    assert fast(tiny, rng="generator").numerics == {"matmul_dtype": "float32"}  # the stored samples' keys unchanged
+
+
+def test_unknown_rng_is_one_config_error(tiny):
+    with pytest.raises(ConfigError, match="backend.rng"):
+        fast(tiny, rng="mersenne")

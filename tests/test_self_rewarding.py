@@ -6,7 +6,7 @@ import pytest
 
 from harness.reward.judge import Judgement, parse_score
 from replications.self_rewarding.pairs import (
-    balance_by_score,
+    balance_by,
     candidates_from_graded,
     eft_records,
     head_to_head,
@@ -96,6 +96,7 @@ def test_eft_records_render_the_judge_prompt_with_a_target_score():
     cands = candidates_from_graded(graded, {"q1": "Ava has 2 apples and buys 3. How many?"})
     records = eft_records(cands, load_prompt("ladder"))
     assert [r["target_score"] for r in records] == [5, 4, 1, 0]
+    assert [r["target_verdict"] for r in records] == ["right", "right", "wrong", "wrong"]
     assert [parse_score(r["completion"]) for r in records] == [5.0, 4.0, 1.0, 0.0]
     first = records[0]
     assert first["prompt"].startswith("Question: Review the user's question")
@@ -106,14 +107,26 @@ def test_eft_records_render_the_judge_prompt_with_a_target_score():
 
 def test_balance_by_score_keeps_the_rarest_count_of_each():
     records = [{"target_score": s, "i": i} for i, s in enumerate([5, 5, 5, 5, 1, 1, 0, 5, 1])]
-    kept = balance_by_score(records, seed=0)
+    kept = balance_by(records, seed=0)
     assert sorted(r["target_score"] for r in kept) == [0, 1, 5]
-    assert kept == balance_by_score(records, seed=0)
+    assert kept == balance_by(records, seed=0)
     assert [r["i"] for r in kept] == sorted(r["i"] for r in kept)
-    assert balance_by_score([], seed=0) == []
+    assert balance_by([], seed=0) == []
     many = [{"target_score": s} for s in [5] * 10 + [1] * 8 + [0] * 6]
-    assert sorted(r["target_score"] for r in balance_by_score(many, seed=0, max_examples=6)) == [0, 0, 1, 1, 5, 5]
-    assert len(balance_by_score(many, seed=0)) == 18
+    assert sorted(r["target_score"] for r in balance_by(many, seed=0, max_examples=6)) == [0, 0, 1, 1, 5, 5]
+    assert len(balance_by(many, seed=0)) == 18
+
+
+def test_balance_by_verdict_keeps_each_verdicts_scores_in_their_shares():
+    # 12 right (10 of score 5, 2 of score 4) and 20 wrong: by score, the two 4s would cap everything at 2 each
+    scores = [5] * 10 + [4] * 2 + [1] * 18 + [0] * 2
+    records = [{"target_score": s, "target_verdict": "right" if s >= 4 else "wrong", "i": i} for i, s in enumerate(scores)]
+    kept = balance_by(records, seed=0, key="target_verdict")
+    assert [r["target_verdict"] for r in kept].count("right") == 12
+    assert [r["target_verdict"] for r in kept].count("wrong") == 12
+    assert len(balance_by(records, seed=0)) == 8  # by score: 4 scores x 2
+    capped = balance_by(records, seed=0, max_examples=10, key="target_verdict")
+    assert sorted(r["target_verdict"] for r in capped) == ["right"] * 5 + ["wrong"] * 5
 
 
 # ---- configs ------------------------------------------------------------------------------------------------
@@ -157,6 +170,7 @@ def test_every_preset_composes_and_validates(preset):
     ("+self_rewarding.dpo_training.betta=0.1", "betta"),
     ("self_rewarding.dpo_training.learning_rate=-1", "learning_rate"),
     ("self_rewarding.eval.per_level=0", "self_rewarding.eval.per_level"),
+    ("self_rewarding.eft.balance=true", "self_rewarding.eft.balance"),
 ])
 def test_bad_config_key_is_one_line_naming_it(override, key):
     from harness.errors import ConfigError
@@ -185,7 +199,7 @@ def test_bad_key_on_the_command_line_exits_with_one_line(capsys, monkeypatch):
 TINY_RUN = [
     "model=smollm2_135m_sft_tiny", "dataset.levels=[1,2]", "self_rewarding.eval.per_level=1",
     "self_rewarding.iterations=1", "self_rewarding.prompts_per_iteration=3", "self_rewarding.eft.problems=2",
-    "self_rewarding.eft.samples_per_problem=2", "self_rewarding.eft.balance=false", "self_rewarding.ift.problems=2",
+    "self_rewarding.eft.samples_per_problem=2", "self_rewarding.eft.balance=none", "self_rewarding.ift.problems=2",
     "sampling.max_new_tokens=6", "self_rewarding.judge_sampling.max_new_tokens=6",
     "self_rewarding.eval.greedy_max_new_tokens=6", "self_rewarding.eval.samples=2",
     "self_rewarding.eval.judge_candidates=2", "self_rewarding.m1_training.epochs=1",

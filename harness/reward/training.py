@@ -256,8 +256,14 @@ def fit_head(x: np.ndarray, y: np.ndarray, cfg: TrainingConfig) -> LinearHead:
     return LinearHead(mean, scale, clf.coef_[0].astype(float), float(clf.intercept_[0]))
 
 
-def outcome_metrics(scores: Sequence[float], labels: Sequence[bool]) -> dict:
-    """Held-out quality of solution scores as predictors of correctness (chance: AUC 0.5, balanced accuracy 0.5)."""
+def outcome_metrics(scores: Sequence[float], labels: Sequence[bool], problems: Sequence[str] | None = None) -> dict:
+    """Held-out quality of solution scores as predictors of correctness (chance: AUC 0.5, balanced accuracy 0.5).
+
+    With `problems` (each solution's problem), also the mean AUC within a problem over the problems that have
+    both right and wrong solutions: what voting and best-of-N use. The pooled AUC also rewards telling easy
+    problems from hard ones, which reranking the samples of one problem cannot use (measured on the
+    compute-optimal ladder pool: pooled 0.698, within a problem 0.475, n=1,600 solutions, 51 mixed problems).
+    """
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     s = np.asarray(scores, dtype=float)
@@ -270,6 +276,11 @@ def outcome_metrics(scores: Sequence[float], labels: Sequence[bool]) -> dict:
         out["auc"] = out["balanced_accuracy"] = float("nan")
     out["accuracy"] = float(((s >= 0.5) == y).mean()) if len(y) else float("nan")
     out["majority_class_accuracy"] = float(max(y.mean(), 1 - y.mean())) if len(y) else float("nan")
+    if problems is not None:
+        by_problem = pd.DataFrame({"problem": list(problems), "score": s, "correct": y}).groupby("problem", sort=True)
+        within = [roc_auc_score(g["correct"], g["score"]) for _, g in by_problem if 0 < g["correct"].sum() < len(g)]
+        out["within_problem_auc"] = float(np.mean(within)) if within else float("nan")
+        out["mixed_problems"] = len(within)
     return out
 
 
@@ -330,7 +341,7 @@ def train_embedded_rm(
                                  "score": sc, "correct": solutions[i].outcome})
             by_problem[solutions[i].problem_id] = rm
     heldout = pd.DataFrame(heldout_rows, columns=["problem_id", "index", "fold", "score", "correct"])
-    metrics = outcome_metrics(heldout["score"], heldout["correct"])
+    metrics = outcome_metrics(heldout["score"], heldout["correct"], heldout["problem_id"])
     metrics["per_fold"] = per_fold
     x, y = training_rows(feats, solutions, level)
     labelled_steps = sum(1 for s in solutions for t in s.step_targets[:-1] if t is not None)

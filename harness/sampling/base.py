@@ -82,7 +82,14 @@ class Sampler(Protocol):
         drawn with other arithmetic are never mixed. Default: the products run in the model's dtype."""
         model = getattr(self, "model", None)
         dtype = next(model.parameters()).dtype if model is not None else None
-        return {"matmul_dtype": dtype_name(dtype) if dtype is not None else "unknown"}
+        return {"matmul_dtype": dtype_name(dtype) if dtype is not None else "unknown", **rng_numerics(self)}
+
+
+def rng_numerics(sampler: object) -> dict:
+    """{"rng": "counter"} for a counter-based sampler: other draws, other samples. Empty for the per-sample
+    generators every stored sample was drawn with, so that their store keys stay what they were."""
+    rng = getattr(sampler, "rng", "generator")
+    return {} if rng == "generator" else {"rng": rng}
 
 
 def dtype_name(dtype: object) -> str:

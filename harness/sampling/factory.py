@@ -21,6 +21,15 @@ def model_device(loaded_model: Any) -> str:
     return "cpu" if first is None else first.device.type
 
 
+def _rng(backend_cfg: Any) -> str:
+    from harness.sampling.counter_rng import RNGS
+
+    rng = str(_get(backend_cfg, "rng", "generator"))
+    if rng not in RNGS:
+        raise ConfigError(f"backend.rng: '{rng}' is not a random stream ({', '.join(RNGS)})")
+    return rng
+
+
 def make_sampler(backend_cfg: Any, loaded_model: Any) -> Sampler:
     name = _get(backend_cfg, "name")
     if name == "hf":
@@ -38,6 +47,7 @@ def make_sampler(backend_cfg: Any, loaded_model: Any) -> Sampler:
             num_threads=_get(backend_cfg, "num_threads"),
             max_batch_tokens=int(_get(backend_cfg, "max_batch_tokens", 2048)),
             matmul_dtype=str(_get(backend_cfg, "matmul_dtype", "float32")),
+            rng=_rng(backend_cfg),
         )
     if name == "hf_generate":
         from harness.sampling.hf import HFGenerateSampler
@@ -46,6 +56,7 @@ def make_sampler(backend_cfg: Any, loaded_model: Any) -> Sampler:
             loaded_model,
             batch_size=int(_get(backend_cfg, "batch_size", 16)),
             num_threads=_get(backend_cfg, "num_threads"),
+            rng=_rng(backend_cfg),
         )
     if name == "vllm":
         from harness.sampling.vllm import VLLMSampler

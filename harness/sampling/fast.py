@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from harness.errors import ConfigError
-from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, dtype_name
+from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, dtype_name, rng_numerics
 from harness.sampling.threads import CoreShare
 from harness.sampling.hf import (
     HFGenerateSampler,
@@ -231,8 +231,10 @@ class FastHFSampler(Sampler):
         num_threads: int | None = None,
         max_batch_tokens: int = 2048,
         matmul_dtype: str = "float32",
+        rng: str = "generator",
     ):
         self.loaded = loaded_model
+        self.rng = rng  # each sample's random stream (harness/sampling/counter_rng.py)
         self.model = loaded_model.model
         self.unsupported = supports(self.model)
         # `auto` is settled here, not per run: the store keys samples on `numerics`, which must name what ran
@@ -245,7 +247,8 @@ class FastHFSampler(Sampler):
         self.eos_ids = eos_token_ids(loaded_model)
         self.cores = CoreShare(num_threads)  # null: one thread per free core, re-checked as the run goes
         self._fallback = (
-            HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16), num_threads=num_threads) if self.unsupported else None
+            HFGenerateSampler(loaded_model, batch_size=min(self.batch_size, 16), num_threads=num_threads, rng=rng)
+            if self.unsupported else None
         )
         self._w: _Weights | None = None
         self._last_prefill: tuple[list[int], Any] | None = None  # (prompt ids, its transformers cache)
@@ -258,7 +261,7 @@ class FastHFSampler(Sampler):
     def numerics(self) -> dict:
         if self._fallback is not None:
             return self._fallback.numerics
-        return {"matmul_dtype": dtype_name(self.matmul_dtype)}
+        return {"matmul_dtype": dtype_name(self.matmul_dtype), **rng_numerics(self)}
 
     # --------------------------------------------------------------------------------------------
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams) -> Iterator[Completion]:
@@ -380,7 +383,7 @@ class _Run:
                 firsts.append((slot, g, g.pending.popleft()))
             if not firsts:
                 break
-            gens = [row_generator(self.params, g.request.key, i) for _, g, i in firsts]
+            gens = [row_generator(self.params, g.request.key, i, self.s.rng) for _, g, i in firsts]
             logits = torch.stack([g.logits for _, g, _ in firsts])
             t0 = time.perf_counter()
             first = self._choose(logits, gens)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from harness.sampling.base import Completion, SampleRequest, Sampler, SamplingParams, cut_at_stop, sample_seed
+from harness.sampling.counter_rng import CounterStream, row_uniforms
 from harness.sampling.threads import CoreShare
 
 
@@ -40,21 +41,24 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return tokenizer(prompt, add_special_tokens=False).input_ids
 
 
-def row_generator(params: SamplingParams, key: str, index: int) -> torch.Generator:
+def row_generator(params: SamplingParams, key: str, index: int, rng: str = "generator") -> torch.Generator | CounterStream:
+    """The random stream of one sample (`backend.rng`: a seeded torch.Generator, or a counter-based stream)."""
+    if rng == "counter":
+        return CounterStream(sample_seed(params.seed, key, index))
     g = torch.Generator()
     g.manual_seed(sample_seed(params.seed, key, index))
     return g
 
 
-def draw_rows(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Inverse-CDF categorical draw, one uniform per row from that row's own generator.
+def draw_rows(probs: torch.Tensor, generators: Sequence[torch.Generator | CounterStream]) -> torch.Tensor:
+    """Inverse-CDF categorical draw, one uniform per row from that row's own stream (counter_rng.row_uniforms).
 
     `probs` [R, m] holds each row's candidate weights in descending order (unnormalised: exp(score -
     best score); filtered-out candidates 0); returns the position of the drawn candidate in each row. Exact
     categorical sampling, and it consumes exactly one number per row per step, so a sample's stream
     does not depend on the batch.
     """
-    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(probs.device)  # CPU generators
+    u = row_uniforms(generators, probs.device)
     cdf = probs.double().cumsum(-1)
     threshold = (u * cdf[:, -1]).unsqueeze(-1)
     pos = (cdf <= threshold).sum(-1)
@@ -144,8 +148,10 @@ class HFGenerateSampler(Sampler):
 
     name = "hf_generate"
 
-    def __init__(self, loaded_model: Any, batch_size: int = 16, num_threads: int | None = None, use_stop_strings: bool = True):
+    def __init__(self, loaded_model: Any, batch_size: int = 16, num_threads: int | None = None, use_stop_strings: bool = True,
+                 rng: str = "generator"):
         self.loaded = loaded_model
+        self.rng = rng
         self.model = loaded_model.model
         self.tokenizer = loaded_model.tokenizer
         self.batch_size = max(1, int(batch_size))
@@ -190,7 +196,7 @@ class HFGenerateSampler(Sampler):
         processors = LogitsProcessorList()
         if not params.greedy:
             processors.extend(warpers(params))
-            processors.append(PerSampleDraw([row_generator(params, k, i) for k, i in keys]))
+            processors.append(PerSampleDraw([row_generator(params, k, i, self.rng) for k, i in keys]))
         config = GenerationConfig(
             do_sample=False,  # the draw happens in PerSampleDraw; generate's argmax picks the drawn token
             max_new_tokens=params.max_new_tokens,

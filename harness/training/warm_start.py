@@ -222,6 +222,15 @@ def plan(model_cfg: Any) -> Plan:
 # training
 
 
+def trained_problem_ids(model_cfg: Any) -> set[str]:
+    """The problems whose reference solutions the warm start of `model_cfg` was trained on (empty without one):
+    a paper that samples, judges or trains on "new" prompts leaves these out, as its paper's prompts are new
+    to the SFT model."""
+    if not model_cfg.get("warm_start"):
+        return set()
+    return {r["problem_id"] for r in plan(model_cfg).data.records}
+
+
 def supervised_tokens(data: TrainingData, tokenizer: Any) -> tuple[int, int]:
     """(completion tokens + EOS, all tokens) over one pass of the data."""
     completion = sum(len(tokenizer(r["completion"], add_special_tokens=False).input_ids) + 1 for r in data.records)
@@ -390,11 +399,11 @@ def report_from_metrics(out_dir: Path, metrics: dict) -> Path:
     t = record["train"]
     ws_cfg = record["warm_start"]
     loss = (f"loss {t['loss_before']} -> {t['loss_after']} on the training data" if t.get("loss_before") is not None
-            else f"mean training loss {t.get('train_loss', '?')}")
+            else f"mean training loss {t['train_loss']:.4f}" if isinstance(t.get("train_loss"), float) else "mean training loss ?")
     report = Report(f"Warm start `{ws_cfg['name']}`", paper="warm_start", run=ws_cfg["name"],
                     model=record["base_model"]["name"], dataset=(ws_cfg.get("eval") or {}).get("dataset"))
     report.text(
-        f"Base model {record['base_model']['name']} ({record['base_model']['identity']}), fine-tuned on "
+        f"The base weights of `model={record['base_model']['name']}` ({record['base_model']['identity']}), fine-tuned on "
         f"{record['data']['examples']} ladder reference solutions (levels {ws_cfg['data']['levels']}, "
         f"prompt `{ws_cfg['prompt']}`), loss on the completion tokens only. Cache key {record['cache_key'][:16]}.")
     report.bullets([

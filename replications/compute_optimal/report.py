@@ -133,7 +133,9 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
             f"Held out (each solution scored by the head that did not see its problem): AUC {m['auc']:.3f}, "
             f"balanced accuracy {m['balanced_accuracy']:.3f} at threshold 0.5 (chance: 0.5 for both), accuracy "
             f"{m['accuracy']:.3f} vs {m['majority_class_accuracy']:.3f} for always guessing the majority class; "
-            f"n={m['n']} solutions, {m['positives']} correct.")
+            f"n={m['n']} solutions, {m['positives']} correct."
+            + (f" Within a problem (what voting and best-of-N use): mean AUC {m['within_problem_auc']:.3f} over the "
+               f"{m['mixed_problems']} problems with both right and wrong samples." if "within_problem_auc" in m else ""))
         labels = info.get("labels", {})
         rep.table(pd.DataFrame([{"what": k, "value": str(v)} for k, v in labels.items()]), "Training data")
         if info.get("saved_to"):

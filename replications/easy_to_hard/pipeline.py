@@ -185,7 +185,7 @@ def score_pool(rms: RewardModels, graded: pd.DataFrame, questions: Mapping[str, 
 
 def evaluator_metrics(rms: RewardModels, scored: pd.DataFrame) -> dict:
     """How well each reward model's best-of-N score separates right from wrong answers on the hard test pool."""
-    return {f"{subset}/{level}": outcome_metrics(scored[f"{subset}_{level}_best_of_k"], scored["correct"])
+    return {f"{subset}/{level}": outcome_metrics(scored[f"{subset}_{level}_best_of_k"], scored["correct"], scored["problem_id"])
             for subset, level in rms.names()}
 
 

@@ -51,7 +51,8 @@ def _reward_model_table(info: dict) -> pd.DataFrame:
 
 def _evaluator_table(evaluators: dict) -> pd.DataFrame:
     return pd.DataFrame([{"reward model (trained on)": name, "n samples": m["n"], "correct": m["positives"],
-                          "AUC (hard pool)": m["auc"], "balanced accuracy": m["balanced_accuracy"]}
+                          "AUC (hard pool)": m["auc"], "AUC within a problem": m.get("within_problem_auc"),
+                          "problems with both": m.get("mixed_problems"), "balanced accuracy": m["balanced_accuracy"]}
                          for name, m in evaluators.items()])
 
 

@@ -12,6 +12,7 @@ from harness.training.config import TrainingConfig, training_config
 
 JUDGES = ("model", "oracle")
 M1_INITS = ("sft_baseline", "base")
+EFT_BALANCES = ("verdict", "score", "none")
 
 
 # conf/self_rewarding/default.yaml is the one source of defaults: these schemas give types and no values, so a
@@ -25,7 +26,7 @@ class IftSettings:
 class EftSettings:
     problems: int = MISSING  # EFT problems (train_dataset, disjoint from every AIFT prompt)
     samples_per_problem: int = MISSING  # SFT-baseline samples per EFT problem, graded, rendered as judge prompts
-    balance: bool = MISSING  # down-sample every target score to the count of the rarest
+    balance: str = MISSING  # verdict | score | none: draw right and wrong (or every target score) equally often
     max_examples: Optional[int] = MISSING  # at most this many EFT examples in M1's data (null: all)
 
 
@@ -62,6 +63,7 @@ def self_rewarding_settings(cfg: DictConfig) -> SelfRewardingSettings:
     s = validate(cfg, SelfRewardingSettings, "self_rewarding")
     require_choice("self_rewarding.judge", s.judge, JUDGES)
     require_choice("self_rewarding.m1_init", s.m1_init, M1_INITS)
+    require_choice("self_rewarding.eft.balance", s.eft.balance, EFT_BALANCES)
     for key, low in (("iterations", 1), ("candidates", 2), ("judge_repeats", 1), ("prompts_per_iteration", 1),
                      ("eft.problems", 1), ("eft.samples_per_problem", 1), ("ift.problems", 0),
                      ("eval.samples", 0), ("eval.judge_candidates", 2)):

@@ -38,6 +38,9 @@ from replications.self_rewarding.config import SelfRewardingSettings, self_rewar
 
 __all__ = ["SelfRewarding", "StageFailure", "setup"]
 
+# eft.balance -> the EFT record field whose values are drawn in equal numbers
+BALANCE_KEYS = {"verdict": "target_verdict", "score": "target_score"}
+
 # What the ledger's results depend on; a resume with a different value of any of them is refused.
 CONFIG_KEYS = ("model", "dataset", "train_dataset", "prompt", "sampling", "training", "self_rewarding", "grader")
 
@@ -193,8 +196,8 @@ class SelfRewarding(Recipe):
         tokenizer = self.exp.load(sft).tokenizer
         raw = P.eft_records(cands, self.spec, tokenizer)
         seed = derived_seed(self.settings.seed, "eft")
-        if e.balance:
-            kept = P.balance_by_score(raw, seed, e.max_examples)
+        if e.balance != "none":
+            kept = P.balance_by(raw, seed, e.max_examples, key=BALANCE_KEYS[e.balance])
         else:
             chosen = sorted(random.Random(seed).sample(range(len(raw)), min(len(raw), e.max_examples or len(raw))))
             kept = [raw[i] for i in chosen]
@@ -251,11 +254,13 @@ def _greedy(max_new_tokens: int, stop: tuple[str, ...]) -> SamplingParams:
 
 
 def setup(cfg: DictConfig, run: Run) -> SelfRewarding:
-    from harness.training.warm_start import base_model_config, first_per_level
+    from harness.training.warm_start import base_model_config, first_per_level, trained_problem_ids
 
     s = self_rewarding_settings(cfg)
     spec = load_prompt(cfg.prompt)
     train = load_problems(cfg.train_dataset, cfg.data.root)
+    seen = trained_problem_ids(cfg.model)  # the paper's AIFT prompts are new to the SFT model: so are ours
+    new_prompts = [p for p in train.problems if p.id not in seen]
     test = load_problems(cfg.dataset, cfg.data.root)
     overlap = {p.question.strip() for p in train} & {p.question.strip() for p in test}
     if overlap:
@@ -267,7 +272,8 @@ def setup(cfg: DictConfig, run: Run) -> SelfRewarding:
     if not has_warm_start and s.m1_init == "sft_baseline":
         raise ConfigError(f"config key 'self_rewarding.m1_init': 'sft_baseline' needs a model with a warm_start "
                           f"('{cfg.model.name}' has none): use m1_init=base or model=smollm2_135m_sft")
-    run.record("data", {"train": train.provenance(), "test": test.provenance()})
+    run.record("data", {"train": train.provenance(), "test": test.provenance(),
+                        "train_left_out_as_warm_start_data": len(train.problems) - len(new_prompts)})
     exp = setup_experiment(cfg, run, problems=test, load=False)
     loop = PolicyLoop(exp, CONFIG_KEYS, fail_at=s.fail_at, volatile=("self_rewarding.fail_at",))
     m0_exp = None
@@ -279,7 +285,7 @@ def setup(cfg: DictConfig, run: Run) -> SelfRewarding:
     stop = tuple(spec.stop)
     return SelfRewarding(
         loop=loop, settings=s, train=train, test=test, test_problems=first_per_level(test.problems, s.eval.per_level),
-        slices=Slices.of(train.problems, s), spec=spec,
+        slices=Slices.of(new_prompts, s), spec=spec,
         candidate_params=validate(cfg, SamplingConfig, "sampling").params(stop),
         judge_params=s.judge_sampling.params(stop), greedy_params=_greedy(s.eval.greedy_max_new_tokens, stop),
         m0_exp=m0_exp,

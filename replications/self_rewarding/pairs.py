@@ -118,17 +118,20 @@ def eft_records(candidates: Sequence[Candidate], task_spec: Any, tokenizer: Any 
             "completion": target_judgement(bool(c.correct), bool(c.answered), c.response, c.answer),
             "problem_id": c.key.rsplit("#", 1)[0], "candidate": c.key, "source": "eft",
             "target_score": verdict_score(bool(c.correct), bool(c.answered), c.response),
+            "target_verdict": "right" if c.correct else "wrong",
         })
     return records
 
 
-def balance_by_score(records: Sequence[Mapping[str, Any]], seed: int, max_examples: Optional[int] = None,
-                     key: str = "target_score") -> list[dict[str, Any]]:
-    """Down-sample every target score to the count of the rarest one present, and to at most
-    max_examples / (scores present) each (at least one) (a seeded draw, original order kept). Sampled from a policy that is
-    right on easy levels and wrong on hard ones, raw EFT data is dominated by one score, and a judge trained
-    on it learns to write that score whatever it reads (the paper's ablation: without judge data fitted to
-    the task, scores collapse to one value)."""
+def balance_by(records: Sequence[Mapping[str, Any]], seed: int, max_examples: Optional[int] = None,
+               key: str = "target_score") -> list[dict[str, Any]]:
+    """Down-sample every value of `key` to the count of the rarest one present, and to at most
+    max_examples / (values present) each (at least one) (a seeded draw, original order kept). Sampled from a policy
+    that is right on easy levels and wrong on hard ones, raw EFT data is dominated by one verdict, and a judge
+    trained on it learns to write that score whatever it reads (the paper's ablation: without judge data fitted
+    to the task, scores collapse to one value). Balancing by verdict ("target_verdict") keeps each verdict's
+    scores in their natural shares; by score, a rare score (4: right answer, a wrong line) caps every other one
+    (measured: 128 samples at 15% accuracy kept 9 examples, 3 per score)."""
     by_score: dict[Any, list[int]] = {}
     for i, r in enumerate(records):
         by_score.setdefault(r[key], []).append(i)

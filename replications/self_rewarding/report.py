@@ -42,13 +42,18 @@ def _published_rows(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+BALANCE_TEXT = {"verdict": "as many right as wrong examples, each verdict's scores in their natural shares",
+                "score": "every target score cut to the count of the rarest", "none": "no balancing"}
+
+
 def write(run: Run, steps, results: dict, cfg: DictConfig) -> Path:
     s = steps.settings
     rep = Report(f"Self-Rewarding Language Models on {cfg.model.name} ({cfg.dataset.name})")
     rep.text(f"Judge in the loop: **{s.judge}** ({'the model judges its own candidates' if s.judge == 'model' else 'the grader'}). "
              f"{s.iterations} AIFT iterations, N={s.candidates} candidates, {s.judge_repeats} judgements each, "
              f"DPO beta={cfg.self_rewarding.dpo_training.trl.get('beta')}. Test: {len(steps.test_problems)} held-out "
-             "problems; accuracy is pass@1 with a 95% bootstrap CI over problems.")
+             "problems; accuracy is pass@1 with a 95% bootstrap CI over problems. EFT problems and AIFT prompts are "
+             "training problems the SFT model was not trained on (the warm start's own problems are left out).")
     acc = analysis.accuracy_table(results)
     acc.to_csv(run.path("accuracy.csv"), index=False)
     rep.heading("Task accuracy (greedy pass@1)").table(_accuracy_wide(acc, "greedy pass@1"))
@@ -75,7 +80,8 @@ def write(run: Run, steps, results: dict, cfg: DictConfig) -> Path:
     rep.text(f"{eft['samples']} SFT-baseline samples of EFT problems ({eft['sample_accuracy'] * 100:.1f}% correct), "
              f"rendered as the rubric prompt with the target judgement of their verdict (correct and every "
              f"'a op b = c' statement right: 5; correct with a wrong statement: 4; wrong answer: 1; no answer: 0). "
-             f"Targets before balancing {eft['targets_before_balance']}, after {eft['targets']}; "
+             f"Balanced by {s.eft.balance} ({BALANCE_TEXT[s.eft.balance]}): targets before "
+             f"{eft['targets_before_balance']}, after {eft['targets']}; "
              f"M1 trained on {results['train']['m1']['eft_examples']} EFT + {results['train']['m1']['ift_examples']} IFT examples.")
     rep.heading("Published (Llama 2 70B; not comparable in scale or task: shown for direction only)")
     rep.table(_published_rows(cfg))

@@ -8,7 +8,9 @@ prompt (generated, so no data files travel). A random model never ends early, so
 - plain `model.generate(do_sample=True, num_return_sequences=...)`: one RNG stream for the batch (no per-sample
   reproducibility), the speed the suite's samplers are measured against;
 - the suite's backends through `harness.sampling.factory.make_sampler` (hf_generate, hf, vllm): a backend that
-  refuses this device or is not installed gets its one-line reason instead of a rate.
+  refuses this device or is not installed gets its one-line reason instead of a rate; `hf_generate+counter` is
+  hf_generate with counter-based per-sample streams (backend.rng=counter): all rows' uniforms in one op on the
+  GPU instead of one host-side generator call per row per step (not yet run on a GPU).
 
 `python bench/gpu/sampling_gpu.py --tiny --device cpu --dtype float32 --num-prompts 1 --samples 2 --max-new-tokens 4
 --plain-rows 2` is a seconds-long smoke run on a CPU (bench/gpu_check.sh --dry-run runs it).
@@ -46,7 +48,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--plain-rows", default="256,1024", help="rows per plain generate call (comma-separated)")
     ap.add_argument("--batch-size", type=int, default=256, help="rows per batch of the suite's samplers")
-    ap.add_argument("--methods", default="plain,hf_generate,hf,vllm")
+    ap.add_argument("--methods", default="plain,hf_generate,hf_generate+counter,hf,vllm",
+                    help="+counter: the backend with counter-based per-sample streams (backend.rng=counter)")
     ap.add_argument("--tiny", action="store_true", help="conf/model/tiny_random.yaml's shape (a CPU smoke run)")
     return ap.parse_args()
 
@@ -75,7 +78,8 @@ def plain_generate(lm, texts: list[str], rows: int, params: SamplingParams, devi
 def backend_rate(lm, name: str, requests: list[SampleRequest], params: SamplingParams, batch_size: int, device: str):
     """(new tokens, seconds) of one backend, or the one-line reason it did not run."""
     try:
-        sampler = make_sampler({"name": name, "batch_size": batch_size}, lm)
+        backend, _, rng = name.partition("+")  # "hf_generate+counter": backend.rng=counter (counter_rng.py)
+        sampler = make_sampler({"name": backend, "batch_size": batch_size, "rng": rng or "generator"}, lm)
     except HarnessError as err:
         return f"refused: {err}"
     start = time.perf_counter()

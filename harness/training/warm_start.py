@@ -398,8 +398,11 @@ def report_from_metrics(out_dir: Path, metrics: dict) -> Path:
     record, before, after, wall = metrics["training"], metrics.get("before"), metrics["after"], metrics["wall_seconds"]
     t = record["train"]
     ws_cfg = record["warm_start"]
-    loss = (f"loss {t['loss_before']} -> {t['loss_after']} on the training data" if t.get("loss_before") is not None
-            else f"mean training loss {t['train_loss']:.4f}" if isinstance(t.get("train_loss"), float) else "mean training loss ?")
+    if t.get("loss_before") is not None:
+        loss = f"loss {t['loss_before']} -> {t['loss_after']} on the training data"
+    else:
+        train_loss = t.get("train_loss")
+        loss = f"mean training loss {train_loss:.4f}" if isinstance(train_loss, float) else "mean training loss ?"
     report = Report(f"Warm start `{ws_cfg['name']}`", paper="warm_start", run=ws_cfg["name"],
                     model=record["base_model"]["name"], dataset=(ws_cfg.get("eval") or {}).get("dataset"))
     report.text(

@@ -12,7 +12,8 @@ from harness.training.config import TrainingConfig, training_config
 
 JUDGES = ("model", "oracle")
 M1_INITS = ("sft_baseline", "base")
-EFT_BALANCES = ("verdict", "score", "none")
+# eft.balance -> the EFT record field whose values are drawn in equal numbers (none: no balancing)
+EFT_BALANCE_FIELDS = {"verdict": "target_verdict", "score": "target_score", "none": None}
 
 
 # conf/self_rewarding/default.yaml is the one source of defaults: these schemas give types and no values, so a
@@ -63,7 +64,7 @@ def self_rewarding_settings(cfg: DictConfig) -> SelfRewardingSettings:
     s = validate(cfg, SelfRewardingSettings, "self_rewarding")
     require_choice("self_rewarding.judge", s.judge, JUDGES)
     require_choice("self_rewarding.m1_init", s.m1_init, M1_INITS)
-    require_choice("self_rewarding.eft.balance", s.eft.balance, EFT_BALANCES)
+    require_choice("self_rewarding.eft.balance", s.eft.balance, tuple(EFT_BALANCE_FIELDS))
     for key, low in (("iterations", 1), ("candidates", 2), ("judge_repeats", 1), ("prompts_per_iteration", 1),
                      ("eft.problems", 1), ("eft.samples_per_problem", 1), ("ift.problems", 0),
                      ("eval.samples", 0), ("eval.judge_candidates", 2)):

@@ -34,12 +34,9 @@ from harness.reward.judge import Judge, ModelJudge, OracleJudge
 from harness.sampling.base import SamplingParams
 from harness.training import TrainingData, reference_records
 from replications.self_rewarding import pairs as P
-from replications.self_rewarding.config import SelfRewardingSettings, self_rewarding_settings, training_for
+from replications.self_rewarding.config import EFT_BALANCE_FIELDS, SelfRewardingSettings, self_rewarding_settings, training_for
 
 __all__ = ["SelfRewarding", "StageFailure", "setup"]
-
-# eft.balance -> the EFT record field whose values are drawn in equal numbers
-BALANCE_KEYS = {"verdict": "target_verdict", "score": "target_score"}
 
 # What the ledger's results depend on; a resume with a different value of any of them is refused.
 CONFIG_KEYS = ("model", "dataset", "train_dataset", "prompt", "sampling", "training", "self_rewarding", "grader")
@@ -196,8 +193,9 @@ class SelfRewarding(Recipe):
         tokenizer = self.exp.load(sft).tokenizer
         raw = P.eft_records(cands, self.spec, tokenizer)
         seed = derived_seed(self.settings.seed, "eft")
-        if e.balance != "none":
-            kept = P.balance_by(raw, seed, e.max_examples, key=BALANCE_KEYS[e.balance])
+        balance_field = EFT_BALANCE_FIELDS[e.balance]
+        if balance_field is not None:
+            kept = P.balance_by(raw, seed, e.max_examples, key=balance_field)
         else:
             chosen = sorted(random.Random(seed).sample(range(len(raw)), min(len(raw), e.max_examples or len(raw))))
             kept = [raw[i] for i in chosen]

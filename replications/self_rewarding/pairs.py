@@ -132,16 +132,16 @@ def balance_by(records: Sequence[Mapping[str, Any]], seed: int, max_examples: Op
     to the task, scores collapse to one value). Balancing by verdict ("target_verdict") keeps each verdict's
     scores in their natural shares; by score, a rare score (4: right answer, a wrong line) caps every other one
     (measured: 128 samples at 15% accuracy kept 9 examples, 3 per score)."""
-    by_score: dict[Any, list[int]] = {}
+    by_value: dict[Any, list[int]] = {}
     for i, r in enumerate(records):
-        by_score.setdefault(r[key], []).append(i)
-    if not by_score:
+        by_value.setdefault(r[key], []).append(i)
+    if not by_value:
         return []
-    size = min(len(v) for v in by_score.values())
+    size = min(len(v) for v in by_value.values())
     if max_examples is not None:
-        size = min(size, max(1, max_examples // len(by_score)))
+        size = min(size, max(1, max_examples // len(by_value)))
     rng = random.Random(f"{seed}/eft-balance")
-    keep = sorted(i for idx in by_score.values() for i in rng.sample(idx, size))
+    keep = sorted(i for idx in by_value.values() for i in rng.sample(idx, size))
     return [dict(records[i]) for i in keep]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 import harness.pipeline.iterated as iterated
 from harness.cli import CONF_DIR
@@ -23,8 +24,6 @@ from harness.training import TrainingData, completion_records
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """The tiny random model saved as a folder: loading it takes well under a second (its GGUF tokenizer does not)."""
-    from omegaconf import OmegaConf
-
     from harness.models.loading import load_model
 
     folder = tmp_path_factory.mktemp("tiny_base")
@@ -128,9 +127,12 @@ def test_killed_loop_resumes_without_redrawing_or_retraining(tmp_path, tiny_base
     # redone from the store and the finished checkpoint, so nothing is drawn or trained again.
     del ledger["improve/2"]
     (run_dir / "ledger.json").write_text(json.dumps(ledger))
+    [exported] = (run_dir / "conf" / "model").glob("*iter2.yaml")  # the checkpoint's model config, for reuse
+    exported.unlink()  # as in a run dir whose checkpoint was copied in: the reused checkpoint exports it again
     drawn.clear()
     evals = toy_recipe(_loop(cfg, run_dir), spec)
     assert len(trained) == 2
+    assert Path(OmegaConf.load(exported).path).name == "iter2"
     assert (first_ckpt / "model.safetensors").stat().st_mtime_ns == stamp
     assert len(drawn) == 2  # only eval/2: 2 test problems x 1 sample, by the second checkpoint's weights
     second = Policy.checkpoint(json.loads((run_dir / "ledger.json").read_text())["improve/2"]["checkpoint"])

@@ -155,6 +155,9 @@ class PolicyLoop:
         ckpt = load_checkpoint(ckpt_dir) if is_checkpoint(ckpt_dir) else None
         if ckpt is None or ckpt.meta.get("train_key") != key:  # none yet, or one made from other inputs: replaced
             ckpt = self._train_and_save(init, data, method, tcfg, training, key, ckpt_dir, tag, meta)
+        # written for a reused checkpoint too: a run dir whose conf/ was lost still names every policy it holds
+        paper = self.cfg.get("paper") or self.run.paper
+        export_model_config(ckpt, Path(self.run.dir) / "conf", f"{paper}_{tag}".replace(".", "_"))
         result = ckpt.meta["result"]
         return {
             "policy": Policy.checkpoint(ckpt.dir).as_dict(),
@@ -193,7 +196,6 @@ class PolicyLoop:
         )
         del model, result
         gc.collect()
-        export_model_config(ckpt, Path(self.run.dir) / "conf", f"{paper}_{tag}".replace(".", "_"))
         return ckpt
 
     def close(self) -> None:

@@ -127,6 +127,11 @@ class PolicyLoop:
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     @property
+    def paper(self) -> str:
+        """The paper a checkpoint's name and its exported model config are named after."""
+        return self.cfg.get("paper") or self.run.paper
+
+    @property
     def checkpoints(self) -> Path:
         """<run>/checkpoints, relative to the working directory when inside it: a checkpoint's path is how
         its policy is named in the ledger, and a relative one survives moving the project."""
@@ -156,8 +161,7 @@ class PolicyLoop:
         if ckpt is None or ckpt.meta.get("train_key") != key:  # none yet, or one made from other inputs: replaced
             ckpt = self._train_and_save(init, data, method, tcfg, training, key, ckpt_dir, tag, meta)
         # written for a reused checkpoint too: a run dir whose conf/ was lost still names every policy it holds
-        paper = self.cfg.get("paper") or self.run.paper
-        export_model_config(ckpt, Path(self.run.dir) / "conf", f"{paper}_{tag}".replace(".", "_"))
+        export_model_config(ckpt, Path(self.run.dir) / "conf", f"{self.paper}_{tag}".replace(".", "_"))
         result = ckpt.meta["result"]
         return {
             "policy": Policy.checkpoint(ckpt.dir).as_dict(),
@@ -177,10 +181,9 @@ class PolicyLoop:
         init_record = init.as_dict() if init.kind == "base" else {**init.as_dict(), "identity": load_checkpoint(init.path).name}
         with tempfile.TemporaryDirectory(prefix="trl-") as scratch:  # TRL's output_dir; nothing in it is kept
             result = _trainer(method)(model.model, model.tokenizer, data, tcfg, scratch)
-        paper = self.cfg.get("paper") or self.run.paper
         ckpt = save_checkpoint(
             result.model, model.tokenizer, ckpt_dir,
-            name=f"{self.cfg.model.get('name') or 'model'}-{paper}-{tag}", chat_template=model.use_chat_template,
+            name=f"{self.cfg.model.get('name') or 'model'}-{self.paper}-{tag}", chat_template=model.use_chat_template,
             meta=portable_tree({
                 "train_key": key,
                 "init": init_record,

@@ -273,7 +273,7 @@ def test_tiny_model_end_to_end(tmp_path):
            "compute_optimal.search.methods=[rebase,beam]",
            "compute_optimal.greedy.max_new_tokens=16", "compute_optimal.search.widths=[2]",
            "compute_optimal.search.max_step_tokens=6", "compute_optimal.search.max_tokens=16",
-           "reward_model.backbone=tiny_random", "reward_model.layers=1"]
+           "reward_model.backbone=tiny_random", "reward_model.layers=2"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "run"

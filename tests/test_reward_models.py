@@ -252,3 +252,38 @@ def test_within_problem_auc_ignores_what_separates_problems():
     assert m["auc"] > 0.5
     assert m["within_problem_auc"] == 0.0 and m["mixed_problems"] == 2
     assert "within_problem_auc" not in outcome_metrics(scores, correct)
+
+
+def test_logprob_features_are_the_backbones_own_token_log_probabilities(tiny):
+    """features: [logprob] reads, per step, the full model's log-probabilities of the solution's own tokens: the
+    minimum over the solution so far, the step's minimum and mean (the separator after a step left out)."""
+    import torch
+
+    rm_cfg = reward_model_config({"name": "lp", "kind": "embedded", "backbone": "tiny_random", "layers": 2,
+                                  "features": ["logprob"], "step_separator": "\n",
+                                  "input_template": "Question: {question}\nAnswer:\n"})
+    rm = EmbeddedHeadRM(rm_cfg, TruncatedBackbone(tiny, 2))
+    question, steps = "Tom has 3 apples and buys 4 more.", ["3 + 4 = 7", "The answer is 7."]
+    (feats,) = rm.step_features([question], [steps])
+    assert feats.shape == (2, 3) == (len(steps), rm.feature_dim)
+    ids, q_len, ends = rm.layout(question, steps)
+    with torch.no_grad():
+        logits = tiny.model(torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+    first_text_end = q_len + len(rm.backbone.encode(steps[0]))
+    expected_first = lp[q_len - 1 : first_text_end - 1]  # lp[t - 1] is the log-probability of token t
+    assert feats[0] == pytest.approx([expected_first.min(), expected_first.min(), expected_first.mean()], abs=1e-4)
+    second_text_end = ends[0] + len(rm.backbone.encode(steps[1]))
+    expected_second = lp[ends[0] - 1 : second_text_end - 1]
+    so_far = np.concatenate([expected_first, lp[first_text_end - 1 : second_text_end - 1]])
+    assert feats[1] == pytest.approx([so_far.min(), expected_second.min(), expected_second.mean()], abs=1e-4)
+    # the LM head is charged for: a policy forward pass per token, plus the head's 3 weights and bias
+    assert rm.flops_parameters == rm.backbone.flops_parameters + rm.backbone.lm_head_parameters + 4
+
+
+def test_logprob_features_need_the_backbones_full_depth(tiny):
+    rm_cfg = reward_model_config({"name": "lp", "kind": "embedded", "backbone": "tiny_random", "layers": 1,
+                                  "features": ["logprob"]})
+    rm = EmbeddedHeadRM(rm_cfg, TruncatedBackbone(tiny, 1))
+    with pytest.raises(ConfigError, match="reward_model.layers must be the backbone's depth"):
+        rm.step_features(["q"], [["a step"]])

@@ -180,3 +180,38 @@ def test_dpo_prefers_the_chosen_answers(tmp_path):
     result = train_dpo(m.model, m.tokenizer, TrainingData(records), cfg, tmp_path / "scratch")
     assert result.loss_before == pytest.approx(0.6931, abs=1e-3)  # policy == reference: sigmoid loss at 0 margin
     assert result.loss_after < result.loss_before - 0.05
+
+
+def test_scoring_labelled_positions_only_is_the_same_loss_on_fewer_rows(tmp_path, monkeypatch):
+    """training.score_labelled_positions_only: the fused LM head projects only labelled rows, and the training
+    losses match TRL's every-position default up to float rounding."""
+    import trl.trainer.utils as trl_utils
+
+    projected: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: projected.append(hidden.shape[0]) or apply(hidden, *rest))
+    runs = {}
+    for compact in (False, True):
+        projected.clear()
+        m = _fresh()
+        torch.manual_seed(0)
+        cfg = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 4, "measure_loss": False,
+               "score_labelled_positions_only": compact}
+        result = train_sft(m.model, m.tokenizer, _data(m.tokenizer), cfg, tmp_path / f"scratch{compact}")
+        runs[compact] = ([r["loss"] for r in result.log], list(projected))
+    (full_losses, full_rows), (compact_losses, compact_rows) = runs[False], runs[True]
+    assert len(full_losses) == len(compact_losses) == 2
+    assert compact_losses == pytest.approx(full_losses, rel=1e-4)
+    assert all(c < f for c, f in zip(compact_rows, full_rows))  # the prompt rows are no longer projected
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # TRL's own switch is restored after training
+
+
+def test_scoring_labelled_positions_only_needs_trls_switch(tmp_path, monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    m = _fresh()
+    with pytest.raises(ConfigError, match="training.score_labelled_positions_only"):
+        train_sft(m.model, m.tokenizer, _data(m.tokenizer, 2), {"max_steps": 1, "measure_loss": False,
+                  "score_labelled_positions_only": True}, tmp_path / "scratch")

@@ -140,7 +140,7 @@ def fabricated_metrics(**levels: dict) -> dict:
     record = {"warm_start": {"name": "fab", "prompt": "ladder", "data": {"levels": [1, 2, 3]}, "eval": {"dataset": "ladder"}},
               "base_model": {"name": "tiny", "identity": "random:x/float32"}, "cache_key": "0" * 64,
               "data": {"examples": 12}, "train": train}
-    wall = {"plan": 1.0, "eval_before": 100.0, "load_and_train": 500.0, "eval_after": 100.0, "total": 701.0}
+    wall = {"plan": 1.0, "eval_before": 100.0, "load": 20.0, "train": 480.0, "eval_after": 100.0, "total": 701.0}
     return {"training": record, "before": None, "after": {"levels": after, "seconds": 1.0, "generated_tokens": 10,
                                                          "truncated": 0}, "wall_seconds": wall}
 

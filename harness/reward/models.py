@@ -104,7 +104,10 @@ class RewardModelConfig:
     # --- embedded (trained here, see harness.reward.training)
     backbone: Optional[Any] = None  # a conf/model config (name or node) whose first layers give features
     layers: int = 8  # how many of the backbone's transformer layers to run
-    features: list = field(default_factory=lambda: ["last"])  # per step: last-token state, and/or mean over the step
+    # per step: last (the state at the step's last token), mean (over the step's tokens), logprob (the full backbone's
+    # log-probabilities of the solution's own tokens: the minimum over the solution so far, the step's minimum and
+    # mean; needs `layers` = the backbone's depth)
+    features: list = field(default_factory=lambda: ["last"])
     training: Optional[Any] = None  # harness.reward.training.TrainingConfig keys
 
 
@@ -388,17 +391,25 @@ class TruncatedBackbone:
         except (ConfigError, AttributeError):
             self.identity = f"source:{loaded.source}"
         self.layers = layers
+        self.full_depth = layers == total  # then the LM head on the last state gives the model's own next-token logits
+        self.lm_head = model.get_output_embeddings()
         self.hidden_size = int(config.hidden_size)
         embed = base.get_input_embeddings()
-        # Input embeddings are a lookup, not a matmul: they are not charged (there is no LM head here).
+        # Input embeddings are a lookup, not a matmul: they are not charged (the LM head is, where log-probs are read).
         self.flops_parameters = int(sum(p.numel() for p in self.module.parameters()) - embed.weight.numel())
+        self.lm_head_parameters = int(self.lm_head.weight.numel())
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def hidden_states(self, rows: Sequence[list[int]], batch_tokens: int = 4096) -> list[Any]:
-        """Last hidden states (seq_len x hidden) of each row, batched by length to limit padding."""
+    def hidden_states(self, rows: Sequence[list[int]], batch_tokens: int = 4096, logprobs: bool = False) -> list[Any]:
+        """Last hidden states (seq_len x hidden) of each row, batched by length to limit padding; with `logprobs`,
+        (states, log p(token t | tokens < t) for t >= 1, with 0 at t = 0) pairs."""
         import torch
+
+        if logprobs and not self.full_depth:
+            raise ConfigError(f"reward_model.features: logprob reads the LM head, so reward_model.layers must be the "
+                              f"backbone's depth, not {self.layers}")
 
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out: list[Any] = [None] * len(rows)
@@ -415,9 +426,21 @@ class TruncatedBackbone:
             mask = torch.tensor([[1] * len(rows[k]) + [0] * (width - len(rows[k])) for k in idx])
             with torch.no_grad():
                 h = self.module(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+                lp = self._token_logprobs(h, input_ids) if logprobs else None
             for r, k in enumerate(idx):
-                out[k] = h[r, : len(rows[k])]
+                out[k] = h[r, : len(rows[k])] if lp is None else (h[r, : len(rows[k])], lp[r, : len(rows[k])])
             i = j
+        return out
+
+    def _token_logprobs(self, h: Any, input_ids: Any, rows_per_chunk: int = 8) -> Any:
+        """log p(input_ids[:, t] | < t) from the final states; a few rows at a time bound the vocabulary-wide logits."""
+        import torch
+
+        out = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for r in range(0, h.shape[0], rows_per_chunk):
+            logits = self.lm_head(h[r : r + rows_per_chunk, :-1].to(self.lm_head.weight.dtype)).float()
+            target = input_ids[r : r + rows_per_chunk, 1:]
+            out[r : r + rows_per_chunk, 1:] = torch.log_softmax(logits, -1).gather(-1, target[..., None])[..., 0]
         return out
 
 
@@ -472,7 +495,9 @@ class EmbeddedHeadRM(RewardModel):
         self.backbone = backbone
         self.head = head
         self.provenance = provenance or {}
-        self.flops_parameters = backbone.flops_parameters + backbone.hidden_size * len(rm.features) + 1
+        reads_lm_head = "logprob" in rm.features
+        self.flops_parameters = (backbone.flops_parameters + (backbone.lm_head_parameters if reads_lm_head else 0)
+                                 + self.feature_dim + 1)
         self._cache: dict[tuple, np.ndarray] = {}
 
     @property
@@ -487,6 +512,12 @@ class EmbeddedHeadRM(RewardModel):
         return f"embedded:{digest}"
 
     # -- features -------------------------------------------------------------------------------
+    FEATURE_KINDS = ("last", "mean", "logprob")
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(3 if kind == "logprob" else self.backbone.hidden_size for kind in self.config.features)
+
     def _prefix_ids(self, question: str) -> list[int]:
         tok = self.backbone.tokenizer
         if self.config.use_chat_template and getattr(tok, "chat_template", None):
@@ -511,8 +542,15 @@ class EmbeddedHeadRM(RewardModel):
         keys = [(q, tuple(ss)) for q, ss in zip(questions, steps)]
         todo = [i for i, k in enumerate(keys) if k not in self._cache and steps[i]]
         max_len = self.config.max_length
-        states = self.backbone.hidden_states([layouts[i][0][:max_len] for i in todo]) if todo else []
-        for i, h in zip(todo, states):
+        unknown = [kind for kind in self.config.features if kind not in self.FEATURE_KINDS]
+        if unknown:
+            raise ConfigError(f"reward_model.features: '{unknown[0]}' is not one of {', '.join(self.FEATURE_KINDS)}")
+        logprobs = "logprob" in self.config.features
+        # tokens of each step's own text (without the separator), where log-probs are read
+        texts = {i: [len(self.backbone.encode(st)) for st in steps[i]] for i in todo} if logprobs else {}
+        states = self.backbone.hidden_states([layouts[i][0][:max_len] for i in todo], logprobs=logprobs) if todo else []
+        for i, state in zip(todo, states):
+            h, lp = state if logprobs else (state, None)
             _, q_len, ends = layouts[i]
             feats = []
             for k, end in enumerate(ends):
@@ -524,12 +562,15 @@ class EmbeddedHeadRM(RewardModel):
                         parts.append(h[end - 1].numpy())
                     elif kind == "mean":
                         parts.append(h[start:end].mean(0).numpy())
-                    else:
-                        raise ConfigError(f"reward_model.features: '{kind}' is not one of last, mean")
+                    else:  # how sure the policy was of its own tokens: a wrong line is often an unlikely one, and
+                        # a prefix is only as sound as its least likely token (the labels ask: unbroken so far?).
+                        # The separator appended after the last step is not the policy's (it stopped there): left out
+                        text_end = max(start + 1, min(end, start + texts[i][k]))
+                        step, prefix = lp[start:text_end].numpy(), lp[q_len:text_end].numpy()
+                        parts.append(np.array([prefix.min(), step.min(), step.mean()], dtype=np.float32))
                 feats.append(np.concatenate(parts))
             self._cache[keys[i]] = np.stack(feats)
-        dim = self.backbone.hidden_size * len(self.config.features)
-        return [self._cache[k] if steps[i] else np.zeros((0, dim)) for i, k in enumerate(keys)]
+        return [self._cache[k] if steps[i] else np.zeros((0, self.feature_dim)) for i, k in enumerate(keys)]
 
     def score_steps(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[ScoredSolution]:
         if self.head is None:

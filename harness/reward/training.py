@@ -262,7 +262,7 @@ def outcome_metrics(scores: Sequence[float], labels: Sequence[bool], problems: S
     With `problems` (each solution's problem), also the mean AUC within a problem over the problems that have
     both right and wrong solutions: what voting and best-of-N use. The pooled AUC also rewards telling easy
     problems from hard ones, which reranking the samples of one problem cannot use (measured on the
-    compute-optimal ladder pool: pooled 0.698, within a problem 0.475, n=1,600 solutions, 51 mixed problems).
+    compute-optimal ladder pool, an 8-layer hidden-state head: pooled 0.698, within a problem 0.475, n=1,600).
     """
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 

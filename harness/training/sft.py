@@ -10,6 +10,7 @@ from typing import Any
 from harness.training.checkpoints import dequantized
 from harness.training.config import TrainingConfig, peft_config, trainer_kwargs, training_config
 from harness.training.data import TrainingData
+from harness.training.fused_head import labelled_positions_only
 
 
 @dataclass
@@ -93,11 +94,12 @@ def train_on_free_cores(trainer: Any) -> Any:
 
 def run_trainer(trainer: Any, cfg: TrainingConfig) -> TrainResult:
     """Train a built TRL trainer; every method (SFT, DPO, GRPO...) reports the same TrainResult."""
-    loss_before = _eval_loss(trainer) if cfg.measure_loss else None
-    start = time.perf_counter()
-    out = train_on_free_cores(trainer)
-    seconds = time.perf_counter() - start
-    loss_after = _eval_loss(trainer) if cfg.measure_loss else None
+    with labelled_positions_only(cfg.score_labelled_positions_only):
+        loss_before = _eval_loss(trainer) if cfg.measure_loss else None
+        start = time.perf_counter()
+        out = train_on_free_cores(trainer)
+        seconds = time.perf_counter() - start
+        loss_after = _eval_loss(trainer) if cfg.measure_loss else None
     trained = trainer.model
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()

@@ -24,6 +24,14 @@ STEP_LABEL_SOURCES = {  # where intermediate steps' labels came from, by reward_
 }
 
 
+FEATURE_TEXT = {"last": "the hidden state at a step's last token", "mean": "the hidden state's mean over the step",
+                "logprob": "the policy's log-probabilities of its own tokens"}
+
+
+def describe_features(features: list) -> str:
+    return "; ".join(FEATURE_TEXT.get(f, f) for f in features)
+
+
 def _fmt_flops(x: float) -> str:
     return f"{x:.3g}" if x and not math.isnan(x) else ""
 
@@ -126,8 +134,8 @@ def write(run: Run, exp: Experiment, spec: PromptSpec, cfg: DictConfig, co, per:
     m = info.get("heldout_metrics")
     if m:
         rep.text(
-            f"Trained here: a logistic value head on the hidden states of the policy's first {info.get('layers')} "
-            f"layers (features {info.get('features')}), labels from the grader (last steps) and "
+            f"Trained here: a logistic value head on the policy's first {info.get('layers')} layers (features "
+            f"{info.get('features')}: {describe_features(info.get('features') or [])}), labels from the grader (last steps) and "
             f"{STEP_LABEL_SOURCES.get(info.get('labels', {}).get('method'), 'no intermediate labels')}, "
             f"cross-fitted over {len(m.get('per_fold', {}))} folds of problems. "
             f"Held out (each solution scored by the head that did not see its problem): AUC {m['auc']:.3f}, "

@@ -50,6 +50,8 @@ def test_every_reward_model_config_validates():
         assert rm.name and rm.kind in ("causal_lm_prm", "sequence_classifier", "embedded")
     with pytest.raises(ConfigError, match="kind"):
         reward_model_config({"name": "x", "kind": "oracle"})
+    with pytest.raises(ConfigError, match="reward_model.features: 'attention' is not one of last, mean, logprob"):
+        reward_model_config({"name": "x", "kind": "embedded", "features": ["last", "attention"]})
 
 
 @pytest.fixture(scope="module")

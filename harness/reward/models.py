@@ -124,6 +124,9 @@ def _plain_container(obj: Any) -> Any:
     return obj
 
 
+FEATURE_KINDS = ("last", "mean", "logprob")  # RewardModelConfig.features of an embedded head
+
+
 def reward_model_config(cfg: Any) -> RewardModelConfig:
     """A typed config from a composed `cfg.reward_model` node, a conf/reward_model name or a dict."""
     from omegaconf import DictConfig, OmegaConf
@@ -150,6 +153,9 @@ def reward_model_config(cfg: Any) -> RewardModelConfig:
         raise ConfigError(f"{where}: readout '{rm.readout}' is not one of good_bad, token_logit")
     if rm.kind == "causal_lm_prm" and rm.readout == "token_logit" and rm.score_token_id is None:
         raise ConfigError(f"{where}: readout token_logit needs reward_model.score_token_id")
+    unknown = [kind for kind in rm.features if kind not in FEATURE_KINDS]
+    if unknown:
+        raise ConfigError(f"{where}: reward_model.features: '{unknown[0]}' is not one of {', '.join(FEATURE_KINDS)}")
     return rm
 
 
@@ -512,8 +518,6 @@ class EmbeddedHeadRM(RewardModel):
         return f"embedded:{digest}"
 
     # -- features -------------------------------------------------------------------------------
-    FEATURE_KINDS = ("last", "mean", "logprob")
-
     @property
     def feature_dim(self) -> int:
         return sum(3 if kind == "logprob" else self.backbone.hidden_size for kind in self.config.features)
@@ -542,9 +546,6 @@ class EmbeddedHeadRM(RewardModel):
         keys = [(q, tuple(ss)) for q, ss in zip(questions, steps)]
         todo = [i for i, k in enumerate(keys) if k not in self._cache and steps[i]]
         max_len = self.config.max_length
-        unknown = [kind for kind in self.config.features if kind not in self.FEATURE_KINDS]
-        if unknown:
-            raise ConfigError(f"reward_model.features: '{unknown[0]}' is not one of {', '.join(self.FEATURE_KINDS)}")
         logprobs = "logprob" in self.config.features
         # tokens of each step's own text (without the separator), where log-probs are read
         texts = {i: [len(self.backbone.encode(st)) for st in steps[i]] for i in todo} if logprobs else {}
@@ -564,7 +565,8 @@ class EmbeddedHeadRM(RewardModel):
                         parts.append(h[start:end].mean(0).numpy())
                     else:  # how sure the policy was of its own tokens: a wrong line is often an unlikely one, and
                         # a prefix is only as sound as its least likely token (the labels ask: unbroken so far?).
-                        # The separator appended after the last step is not the policy's (it stopped there): left out
+                        # The separator appended after each step is left out: after the last one it is not the
+                        # policy's (it stopped there), and its low log-prob would be every solution's minimum
                         text_end = max(start + 1, min(end, start + texts[i][k]))
                         step, prefix = lp[start:text_end].numpy(), lp[q_len:text_end].numpy()
                         parts.append(np.array([prefix.min(), step.min(), step.mean()], dtype=np.float32))

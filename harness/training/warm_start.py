@@ -250,9 +250,11 @@ def train(p: Plan, loaded: Any = None) -> dict:
     from harness.models.loading import load_model
     from harness.training.sft import train_sft
 
-    start = time.perf_counter()
-    loaded = load_model(p.base_cfg) if loaded is None else loaded
-    load_s = time.perf_counter() - start
+    load_s = None  # a model passed in was loaded (and timed) by the caller
+    if loaded is None:
+        start = time.perf_counter()
+        loaded = load_model(p.base_cfg)
+        load_s = round(time.perf_counter() - start, 2)
     cpu_start = time.process_time()  # CPU seconds of all threads: comparable across loads of a shared machine
     with tempfile.TemporaryDirectory(prefix="warm_start-") as scratch:
         result = train_sft(loaded.model, loaded.tokenizer, p.data, p.cfg.training, scratch)
@@ -266,7 +268,7 @@ def train(p: Plan, loaded: Any = None) -> dict:
         "base_model": {"name": p.base_cfg.get("name"), "identity": p.base_identity},
         "cache_key": p.key,
         "data": p.data.describe(),
-        "train": {**result.summary(), "load_seconds": round(load_s, 2), "examples_seen": examples_seen,
+        "train": {**result.summary(), "load_seconds": load_s, "examples_seen": examples_seen,
                   "supervised_tokens": round(completion * passes), "tokens": round(total * passes),
                   "supervised_tokens_per_s": round(completion * passes / max(result.seconds, 1e-9), 1),
                   "tokens_per_s": round(total * passes / max(result.seconds, 1e-9), 1),

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from harness.data.problems import load_split  # noqa: E402
 from harness.models.loading import load_model  # noqa: E402
 from harness.data.prompts import fill, load_prompt, render  # noqa: E402
-from harness.sampling.base import SampleRequest, SamplingParams, sample_seed  # noqa: E402
+from harness.sampling.base import SampleRequest, SamplingParams, dtype_name, sample_seed  # noqa: E402
 from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 
@@ -100,23 +100,25 @@ def ceiling_gflops(threads: int, size: int = 2048, reps: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3) -> float:
+def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
     """Tokens/s of a decode step's linear layers alone (q/k/v, o, gate/up, down per layer, and lm_head) at
-    `rows` rows: the small shapes of this model run well below the 2048^2 ceiling."""
+    `rows` rows, through the decode step's own `linear` (bf16: casts included): the small shapes of this model
+    run well below the 2048^2 ceiling, and this is the rate the issue's steady-state target is measured against."""
     torch.set_num_threads(threads)
-    w = _Weights(lm.model)
+    w = _Weights(lm.model, dtype)
     hidden = w.embed.shape[1]
     x = torch.randn(rows, hidden)
+    down_in = torch.randn(rows, w.layers[0][5].shape[1])
     best = float("inf")
     with torch.inference_mode():
-        for _ in range(reps):
+        for _ in range(reps + 1):  # the first round warms the kernels up
             t = time.perf_counter()
             for _, wqkv, wo, _, wgu, wd in w.layers:
-                torch.nn.functional.linear(x, wqkv)
-                torch.nn.functional.linear(x, wo)
-                torch.nn.functional.linear(x, wgu)
-                torch.nn.functional.linear(torch.randn(rows, wd.shape[1]), wd)
-            torch.nn.functional.linear(x, w.lm_head)
+                w.linear(x, wqkv)
+                w.linear(x, wo)
+                w.linear(x, wgu)
+                w.linear(down_in, wd)
+            w.linear(x, w.lm_head)
             best = min(best, time.perf_counter() - t)
     return rows / best
 
@@ -397,28 +399,42 @@ def profile_step(lm, texts, params, batch, threads, t_mean):
         run.pos[:] = run.pos + t
         n = live[-1] + 1
         run._step(n, live)
+        steps = 4
         with profile() as prof:
-            for _ in range(2):
+            for _ in range(steps):
                 logits = run._step(n, live)
                 run._choose(logits, [run.rows[i]["gen"] for i in live])
+        start = time.perf_counter()  # the same steps unprofiled: the profiler's own cost is not a step's
+        for _ in range(steps):
+            logits = run._step(n, live)
+            run._choose(logits, [run.rows[i]["gen"] for i in live])
+        step_ms = 1e3 * (time.perf_counter() - start) / steps
     groups = defaultdict(float)
     kind = {
         "aten::mm": "matmul (linear layers + lm_head)",
         "aten::addmm": "matmul (linear layers + lm_head)",
-        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention over the prompt (flash)",
-        "aten::bmm": "attention over generated tokens",
-        "aten::index_select": "attention over generated tokens",
-        "aten::_softmax": "attention over generated tokens",
-        "aten::logsumexp": "attention over generated tokens",
+        # one flash call per layer over the shared prompt, one over each row's own keys (prompt copied in or generated)
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (flash: shared prompt, and each row's own keys)",
+        "aten::index_select": "attention (rows' own keys: gathering the rows that reach a chunk)",
+        "aten::sigmoid": "attention (merging the prompt's and the row's parts)",
+        "aten::logaddexp": "attention (merging the prompt's and the row's parts)",
         "aten::topk": "sampling (top-k/top-p/draw)",
         "aten::sort": "sampling (top-k/top-p/draw)",
     }
     total = 0.0
+    ops = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
         if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
             groups[kind.get(e.key, "other tensor ops")] += e.self_cpu_time_total
             total += e.self_cpu_time_total
-    return {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+            ops[e.key][0] += e.self_cpu_time_total
+            ops[e.key][1] += e.count
+    shares = {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+    # each op's time and calls per step, spread over the unprofiled step time by its share of the profiled op time
+    top = sorted(ops.items(), key=lambda kv: -kv[1][0])[:12]
+    per_op = [(k, step_ms * t / total, calls / steps) for k, (t, calls) in top]
+    return {"step_ms": step_ms, "rows": n, "shares": shares, "ops": per_op,
+            "calls_per_step": sum(c for _, c in ops.values()) / steps}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -442,9 +458,10 @@ def main() -> None:
     for th in threads:
         gf = ceiling_gflops(th)
         rows.append(("fp32 matmul ceiling", th, {"rate": gf / (2 * lm.num_parameters / 1e9), "note": f"{gf:.0f} GFLOP/s (2048^2)"}))
-        rate = step_matmul_rate(lm, args.batch_size, th)
-        rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows)", th,
-                     {"rate": rate, "note": "the best a decode step without attention could do"}))
+        for dtype in (torch.float32,) + ((torch.bfloat16,) if "bf16" not in skip else ()):
+            rate = step_matmul_rate(lm, args.batch_size, th, dtype=dtype)
+            rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows, {dtype_name(dtype)})", th,
+                         {"rate": rate, "note": "the best a decode step without attention could do", "dtype": dtype_name(dtype)}))
     for th in threads:
         if "plain" not in skip:
             res = run_plain(lm, few, params, args.plain_samples, args.plain_batch, th)
@@ -481,6 +498,7 @@ def main() -> None:
     base = {th: r["tokens"] / r["wall"] for name, th, r in rows if name.startswith("plain") and r.get("tokens")}
     fast_rate = {th: rate_of(r) for name, th, r in rows if name.startswith("fast hf sampler (") and r.get("tokens")}
     ceil = {th: r["rate"] for name, th, r in rows if name.startswith("fp32")}
+    step_rate = {(th, r["dtype"]): r["rate"] for name, th, r in rows if name.startswith("decode-step matmuls")}
     print(f"\nload average at end: {load():.2f}\n")
     print("| method | threads | samples | tokens | wall s | tok/s | samples/s | tok/s per CPU-s | x plain | x fast | % of ceiling |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -528,17 +546,23 @@ def main() -> None:
               f"per token) the ceiling is {with_attn:.0f} tok/s; this run: {100 * rate_of(r) / with_attn:.0f}% of it")
         if st["full_row_steps"]:
             full = st["full_row_steps"] / st["full_steps_time"]
+            dtype = "bfloat16" if "bfloat16" in name else "float32"
+            matmul = step_rate.get((th, dtype))
+            versus = f" = {100 * full / matmul:.0f}% of the decode-step matmul rate in {dtype} ({matmul:.0f})" if matmul else ""
             print(f"  steady state (steps with the batch >= 90% full, {st['full_row_steps']} tokens): {full:.0f} tok/s "
-                  f"= {100 * full / ceil[th]:.0f}% of ceiling; the rest is prefill and the tail of long samples "
+                  f"= {100 * full / ceil[th]:.0f}% of ceiling{versus}; the rest is prefill and the tail of long samples "
                   f"decoding in a part-empty batch once the queue is empty")
     if "profile" not in skip:
         fast_rows = [r for name, th, r in rows if "stats" in r]
         t_mean = int(fast_rows[0]["mean_len"] / 2) if fast_rows else 60
         for th in threads[:1]:
             split = profile_step(lm, texts, params, args.batch_size, th, t_mean)
-            print(f"\none decode step, {args.batch_size} rows, generated length ~U(0, {2 * t_mean}), {th} thread(s): share of op time")
-            for k, v in split.items():
-                print(f"  {k}: {100 * v:.0f}%")
+            print(f"\none decode step (token choice included), {split['rows']} rows of one prompt, generated length "
+                  f"~U(0, {2 * t_mean}), {th} thread(s): {split['step_ms']:.1f} ms a step ({split['rows'] / split['step_ms'] * 1e3:.0f} "
+                  f"tok/s), {split['calls_per_step']:.0f} aten calls a step")
+            for k, v in split["shares"].items():
+                print(f"  {k}: {100 * v:.0f}% ({v * split['step_ms']:.1f} ms)")
+            print("  top ops: " + "; ".join(f"{k[6:]} {ms:.1f} ms / {calls:.0f} calls" for k, ms, calls in split["ops"]))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def test_tiny_model_end_to_end_writes_figures_report_and_resumes(tmp_path):
     report = (run / "report.md").read_text()
     assert "(n=4)" in report and "published" in report.lower()
     assert "per ladder level" in report and "every ladder level" in report
+    draws = json.loads((run / "draws.json").read_text())
+    assert draws and all(d["sampler"].startswith("hf (matmul_dtype float32") for d in draws.values())  # what drew them
+    assert "hf (matmul_dtype float32" in report
     prov = json.loads((run / "provenance.json").read_text())
     assert len(prov["data"]["sha256"]) == 64
     assert prov["ladder_data"]["selected"] == 4 and prov["ladder_data"]["selection"]["per_level"] == 2

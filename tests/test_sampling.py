@@ -155,6 +155,22 @@ def test_numerics_name_what_changes_the_arithmetic(tiny):
 # ---- greedy ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("flash", [True, False])  # torch's CPU flash kernel, or the matmul/softmax fallback
+def test_masked_attention_is_softmax_over_each_rows_visible_keys(flash, monkeypatch):
+    if not flash:
+        monkeypatch.setattr(fast_module, "_FLASH", None)
+    gen = torch.Generator().manual_seed(0)
+    rows, kv, rep, slots, hd = 5, 2, 3, 7, 8
+    q, k, v = (torch.randn(*shape, generator=gen) for shape in [(rows, kv, rep, hd), (rows, kv, slots, hd), (rows, kv, slots, hd)])
+    length = torch.tensor([1, 3, 7, 5, 2])  # visible slots per row
+    mask = torch.zeros(rows, slots).masked_fill_(torch.arange(slots)[None] >= length[:, None], float("-inf")).view(rows, 1, 1, slots)
+    out, lse = fast_module._masked_attention(q, k, v, mask, scale=0.5)
+    for r in range(rows):
+        scores = 0.5 * q[r] @ k[r, :, : length[r]].transpose(-1, -2)  # [kv, rep, visible]
+        assert torch.allclose(out[r], scores.softmax(-1) @ v[r, :, : length[r]], atol=1e-5)
+        assert torch.allclose(lse[r], scores.logsumexp(-1), atol=1e-5)
+
+
 @pytest.mark.parametrize("inline_max", [0, 1])  # prompt shared by its rows, or copied into the row's cache
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 def test_fast_greedy_equals_plain_generate(tiny, batch_size, inline_max, monkeypatch):
@@ -168,6 +184,22 @@ def test_fast_greedy_equals_plain_generate(tiny, batch_size, inline_max, monkeyp
         want = finish_completion(tiny.tokenizer, key, 0, tokens, len(tokens), [], params)
         assert got[(key, 0)].text == want.text
         assert got[(key, 0)].num_tokens == want.num_tokens == 24
+
+
+def test_greedy_prompts_are_prefilled_together_with_plain_generates_tokens(tiny):
+    """Prompts decoded one row each (greedy evaluation) share one padded prefill: prompts of different lengths
+    still give plain generate's tokens, and a batch stays within max_batch_tokens."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    sampler = fast(tiny, batch_size=2)
+    got = by_key(sampler.sample(requests((0,)), params))
+    assert sampler.stats.batched_prompts == len(PROMPTS)
+    for key, prompt in PROMPTS.items():
+        tokens = plain_greedy(tiny, prompt, params)
+        assert got[(key, 0)].text == finish_completion(tiny.tokenizer, key, 0, tokens, len(tokens), [], params).text
+    longest = max(sampler.count_tokens(p) for p in PROMPTS.values())
+    narrow = fast(tiny, batch_size=2, max_batch_tokens=longest)  # room for the longest prompt alone
+    assert by_key(narrow.sample(requests((0,)), params)) == got
+    assert narrow.stats.batched_prompts < len(PROMPTS)
 
 
 def test_greedy_copies_one_decode_to_every_index(tiny):

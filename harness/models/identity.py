@@ -35,13 +35,18 @@ FOLDER_SIDE_FILES = (
 NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state.bin"}
 
 
-def hash_cache_path() -> Path:
-    """Where file digests are remembered (override with $LLM_REPLICATIONS_HASH_CACHE)."""
-    override = os.environ.get(HASH_CACHE_ENV)
+def user_cache_path(env: str, *default: str) -> Path:
+    """$`env` when set, else ~/.cache/llm-replications/<default...> (under $XDG_CACHE_HOME when that is set)."""
+    override = os.environ.get(env)
     if override:
         return Path(override)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "llm-replications" / "file-sha256.json"
+    return base.joinpath("llm-replications", *default)
+
+
+def hash_cache_path() -> Path:
+    """Where file digests are remembered (override with $LLM_REPLICATIONS_HASH_CACHE)."""
+    return user_cache_path(HASH_CACHE_ENV, "file-sha256.json")
 
 
 def _stat_key(path: Path) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.models.gguf_cache import load_causal_lm, load_tokenizer
 from harness.models.identity import files_sha256, hub_commit, json_sha256, record_identity, tensors_sha256, weights_record
 from harness.reporting.paths import PROJECT_ROOT, portable
 
@@ -179,10 +180,14 @@ def load_model(cfg: Any) -> LoadedModel:
     dtype_name = resolve_dtype(cfg.get("dtype"), device)
     on_disk = None if _is_hub(cfg) else weights_record(where, gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        if device_map:
-            kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype_name), **kwargs)
+        if gguf_file and not _is_hub(cfg) and not device_map:  # converted once (harness/models/gguf_cache.py)
+            tokenizer = load_tokenizer(where, gguf_file, on_disk["sha256"])
+            model = load_causal_lm(where, gguf_file, on_disk["sha256"], getattr(torch, dtype_name))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            if device_map:
+                kwargs["device_map"] = device_map
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype_name), **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model '{name}': cannot load '{where}': {first}") from err
@@ -247,7 +252,7 @@ def tokenizer_identity(tok_cfg: Any) -> dict:
 def _random_init(cfg: Any) -> LoadedModel:
     """A tiny randomly initialised Llama that shares a real tokenizer: for fast end-to-end tests."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     device, device_map = placement(cfg)
     if device_map:
@@ -255,7 +260,7 @@ def _random_init(cfg: Any) -> LoadedModel:
     dtype_name = resolve_dtype(cfg.get("dtype"), device)
     tok_cfg = cfg.random_init.tokenizer
     where, gguf_file = resolve_source(tok_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
+    tokenizer = load_tokenizer(where, gguf_file)
     _ensure_pad_token(tokenizer)
     shape = cfg.random_init
     config = LlamaConfig(

@@ -109,11 +109,13 @@ class Run:
         self.provenance[key] = value
         self.save_json("provenance.json", self.provenance)
 
-    def record_draw(self, name: str, samples: pd.DataFrame, drawn_now: int) -> None:
-        """What a sampling step cost: samples it used, how many were drawn now (the rest came from the store)."""
+    def record_draw(self, name: str, samples: pd.DataFrame, drawn_now: int, sampler: str | None = None) -> None:
+        """What a sampling step cost: samples it used, how many were drawn now (the rest came from the store), and
+        the sampler that draws them with its numerics (the matmul dtype `backend.matmul_dtype: auto` chose)."""
         tokens = int(samples["num_tokens"].sum()) if "num_tokens" in samples else None
         self.draws[name] = {"samples": len(samples), "drawn_now": int(drawn_now),
-                            "reused": len(samples) - int(drawn_now), "generated_tokens": tokens}
+                            "reused": len(samples) - int(drawn_now), "generated_tokens": tokens,
+                            **({"sampler": sampler} if sampler else {})}
         self.save_json("draws.json", self.draws)
 
     @contextmanager

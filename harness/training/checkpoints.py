@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import DataError
+from harness.models.gguf_cache import dequantized
 from harness.reporting.paths import portable, portable_tree
 
 MODEL_CONFIG = "model.yaml"
@@ -60,18 +61,6 @@ def weights_sha256(directory: Path) -> str:
         with open(path, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
-
-
-def dequantized(model: Any) -> Any:
-    """Clear the quantizer marker of a model loaded from GGUF (transformers de-quantizes GGUF weights to
-    plain tensors on load but keeps the marker, which makes Trainer refuse full fine-tuning and
-    save_pretrained write a GGUF quantization_config that the saved fp32 folder does not match)."""
-    if getattr(model, "hf_quantizer", None) is not None and model.hf_quantizer.quantization_config.quant_method == "gguf":
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-    return model
 
 
 def unwrap(model: Any) -> Any:

@@ -8,7 +8,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from harness.training.checkpoints import dequantized
+from harness.models.gguf_cache import dequantized
 from harness.training.config import TrainingConfig, peft_config, trainer_kwargs, training_config
 from harness.training.data import TrainingData
 from harness.training.sft import TrainResult, run_trainer

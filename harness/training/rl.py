@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from harness.errors import ConfigError, DataError
-from harness.training.checkpoints import dequantized
+from harness.models.gguf_cache import dequantized
 from harness.training.sft import train_on_free_cores
 from harness.training.config import peft_config, trainer_kwargs, training_config
 

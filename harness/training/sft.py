@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.training.checkpoints import dequantized
+from harness.models.gguf_cache import dequantized
 from harness.training.config import TrainingConfig, peft_config, trainer_kwargs, training_config
 from harness.training.data import TrainingData
 from harness.training.fused_head import labelled_positions_only

@@ -153,13 +153,11 @@ def _loaded_identity(base_cfg_json: str) -> str:
 
 
 def _tokenizer(base_cfg: Any) -> Any:
-    from transformers import AutoTokenizer
-
+    from harness.models.gguf_cache import load_tokenizer
     from harness.models.loading import resolve_source
 
     source = base_cfg.random_init.tokenizer if base_cfg.get("random_init") else base_cfg
-    where, gguf_file = resolve_source(source)
-    return AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf_file} if gguf_file else {}))
+    return load_tokenizer(*resolve_source(source))
 
 
 def first_per_level(problems: Sequence[Problem], per_level: Optional[int]) -> list[Problem]:
@@ -582,7 +580,7 @@ def run(model_cfg: Any) -> int:
     wall["plan"] = round(time.perf_counter() - start, 1)
     print(f"warm start {p.cfg.name}: {len(p.data)} examples, checkpoint {p.dir}", flush=True)
     t = time.perf_counter()
-    base = load_model(p.base_cfg)  # once: evaluated, then trained in place (a GGUF load takes ~20 s)
+    base = load_model(p.base_cfg)  # once: evaluated, then trained in place
     wall["load"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     before = evaluate(base, p.cfg)

@@ -78,21 +78,20 @@ def _cached(folder: Path, convert: Callable[[], Any], load: Callable[[], Any]) -
     if (folder / "complete").is_file():
         return load()
     converted = convert()
+    scratch = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         converted.save_pretrained(scratch)
         (scratch / "complete").write_text("")  # written last: a folder without it is a killed save
-        try:
-            if (folder / "complete").is_file():  # another process finished first: its folder stays
-                raise FileExistsError(folder)
+        if not (folder / "complete").is_file():  # else another process finished first, and its folder stays
             if folder.exists():  # a killed save
                 shutil.rmtree(folder)
             scratch.rename(folder)
-        except OSError:
-            shutil.rmtree(scratch, ignore_errors=True)
     except OSError:  # read-only or full: converting each time still loads the model
         pass
+    if scratch is not None and scratch.exists():
+        shutil.rmtree(scratch, ignore_errors=True)
     return converted
 
 

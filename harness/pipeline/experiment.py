@@ -205,9 +205,9 @@ class Experiment:
             raise ConfigError(f"store entry {portable(entry.dir)} belongs to '{entry.key.model}', "
                               f"not to the policy sampling now ('{self.load(policy).identity}')")
         samples = draw_samples(entry, sampler, prompts, n, params, progress=bool(self.cfg.progress), desc=desc)
+        name = getattr(sampler, "name", type(sampler).__name__)
         numerics = ", ".join(f"{k} {v}" for k, v in getattr(sampler, "numerics", {}).items())
-        self.run.record_draw(desc, samples, samples.attrs.get("drawn_now", 0),
-                             f"{getattr(sampler, 'name', type(sampler).__name__)} ({numerics})" if numerics else getattr(sampler, "name", None))
+        self.run.record_draw(desc, samples, samples.attrs.get("drawn_now", 0), f"{name} ({numerics})" if numerics else name)
         return samples
 
     def sample_and_grade(

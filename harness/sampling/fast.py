@@ -328,7 +328,7 @@ class _Run:
         if len(together) > 1:
             self.groups.extend(self._prefill_together(together))
         else:
-            self.groups.append(self._prefill(self.queue.popleft()))
+            self.groups.append(self._prefill(*together[0]) if together else self._prefill(self.queue.popleft()))
         self.stats.prefill += time.perf_counter() - t0
         return self.groups[0]
 
@@ -350,9 +350,10 @@ class _Run:
         """The next prompts to prefill in one padded forward, taken off the queue: consecutive prompts whose rows
         hold them in their own caches (INLINE_MAX_SAMPLES: greedy evaluation), none sharing a preamble with the
         prompt before it (those prefill only what follows it, one at a time, from the previous prompt's cache).
-        Fewer than two: nothing is taken and the prompt at the head is prefilled alone."""
+        Empty when the prompt at the head is not such a prompt: it is prefilled alone (so is a batch of one)."""
         batch: list[tuple[SampleRequest, list[int]]] = []
         previous = self.s._last_prefill[0] if self.s._last_prefill is not None else None
+        width = 0  # the padded length of the batch so far
         for req in islice(self.queue, PREFILL_BATCH):
             if len(self._starts(req)) > INLINE_MAX_SAMPLES:
                 break
@@ -361,12 +362,11 @@ class _Run:
                 if batch:  # the prompt it shares with is prefilled alone, so its cache is there to reuse
                     batch.pop()
                 break
-            if (len(batch) + 1) * max([len(ids)] + [len(i) for _, i in batch]) > self.s.max_batch_tokens:
+            width = max(width, len(ids))
+            if (len(batch) + 1) * width > self.s.max_batch_tokens:
                 break
             batch.append((req, ids))
             previous = ids
-        if len(batch) < 2:
-            return []
         for _ in batch:
             self.queue.popleft()
         return batch
@@ -401,10 +401,10 @@ class _Run:
             ))
         return groups
 
-    def _prefill(self, req: SampleRequest) -> _Group:
+    def _prefill(self, req: SampleRequest, ids: list[int] | None = None) -> _Group:
         from transformers import DynamicCache
 
-        ids = self._prompt_ids(req)
+        ids = ids if ids is not None else self._prompt_ids(req)
         cache, reused = self._reused_prefix(ids)
         if cache is None:
             cache = DynamicCache(config=self.s.model.config)
@@ -695,14 +695,18 @@ def _put(x: torch.Tensor, sel: Any, value: torch.Tensor) -> None:
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of each row's queries [k, kv, rep, hd] over its own keys [k, kv, slots, hd], an additive mask
-    [k, 1, 1, slots] hiding the slots past its length: (output [k, kv, rep, hd], lse [k, kv, rep]). torch's CPU
-    flash kernel reads each key once and never materialises the scores (the fallback does)."""
+def _masked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries [b, kv, q, hd] over keys [b, kv, slots, hd], with an optional additive mask [b, 1, 1, slots]
+    (each row's own keys: the slots past its length hidden): (output [b, kv, q, hd], log-sum-exp [b, kv, q]). torch's
+    CPU flash kernel reads each key once, never materialises the scores (the matmul/softmax fallback, where that op
+    is missing, does) and returns the log-sum-exp needed to merge partial attentions (public SDPA does not)."""
     if _FLASH is not None:
         out, lse = _FLASH(q, keys, values, attn_mask=mask, scale=scale)[:2]
         return out, lse
-    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale).add_(mask)
+    scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(scale)
+    if mask is not None:
+        scores.add_(mask)
     return torch.matmul(torch.softmax(scores, -1), values), torch.logsumexp(scores, -1)
 
 
@@ -710,18 +714,10 @@ def _prompt_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     """Attention of k rows' queries [k, kv, rep, hd] over one shared prompt: (output [k, kv, rep, hd], lse [k, kv, rep]).
 
     The k*rep queries of a kv head form one query block against the prompt's keys, so the prompt's
-    keys are read once per step for all its samples. torch's CPU flash kernel also returns the
-    log-sum-exp needed to merge with the generated part (public SDPA does not), ~2x faster than
-    materialising the scores; the matmul/softmax version is the fallback where that op is missing.
+    keys are read once per step for all its samples (the flash kernel: ~2x faster than materialising the scores).
     """
     k, kv, rep, hd = q.shape
-    qp = q.transpose(0, 1).reshape(1, kv, k * rep, hd)
-    if _FLASH is not None:
-        out, lse = _FLASH(qp, keys, values, scale=scale)[:2]
-    else:
-        scores = torch.matmul(qp, keys.transpose(-1, -2)).mul_(scale)
-        lse = torch.logsumexp(scores, -1)
-        out = torch.matmul(torch.softmax(scores, -1), values)
+    out, lse = _masked_attention(q.transpose(0, 1).reshape(1, kv, k * rep, hd), keys, values, None, scale)
     return out.view(kv, k, rep, hd).transpose(0, 1), lse.view(kv, k, rep).transpose(0, 1)
 
 

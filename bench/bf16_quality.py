@@ -63,7 +63,7 @@ def load_without_training(name: str):
 @contextmanager
 def bf16_linears(model):
     """Every nn.Linear multiplies bf16 inputs by bf16 weights (float32 accumulation and output), like the
-    decode step's `_Weights.linear` with matmul_dtype=bfloat16."""
+    decode step's `_Product` with matmul_dtype=bfloat16."""
     patched = []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):

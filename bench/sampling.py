@@ -30,7 +30,7 @@ from harness.data.problems import load_split  # noqa: E402
 from harness.models.loading import load_model  # noqa: E402
 from harness.data.prompts import fill, load_prompt, render  # noqa: E402
 from harness.sampling.base import SampleRequest, SamplingParams, dtype_name, sample_seed  # noqa: E402
-from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags  # noqa: E402
+from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags, onednn_available  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 
 
@@ -56,6 +56,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--llamacpp-kv", default="unified,split",
                     help="comma-separated KV layouts to try for batched llama.cpp: unified (shared prompt cells), split")
     ap.add_argument("--llamacpp-probe-tokens", type=int, default=48, help="new tokens per sample in the parallel sweep")
+    ap.add_argument("--kernels", default="blas,onednn",
+                    help="comma-separated backend.matmul_kernel values for the fast sampler's rows, matmul rates and profiles "
+                         "(the first is 'before', the others 'after'; onednn is dropped where this torch lacks it)")
     ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,contention")
     ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
     ap.add_argument("--contention-seconds", type=float, default=180,
@@ -100,12 +103,13 @@ def ceiling_gflops(threads: int, size: int = 2048, reps: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dtype = torch.float32,
+                     kernel: str = "blas") -> float:
     """Tokens/s of a decode step's linear layers alone (q/k/v, o, gate/up, down per layer, and lm_head) at
-    `rows` rows, through the decode step's own `linear` (bf16: casts included): the small shapes of this model
+    `rows` rows, through the decode step's own products (`kernel`; bf16: casts included): the small shapes of this model
     run well below the 2048^2 ceiling, and this is the rate the issue's steady-state target is measured against."""
     torch.set_num_threads(threads)
-    w = _Weights(lm.model, dtype)
+    w = _Weights(lm.model, dtype, kernel, rows)
     hidden = w.embed.shape[1]
     x = torch.randn(rows, hidden)
     down_in = torch.randn(rows, w.layers[0][5].shape[1])
@@ -114,11 +118,11 @@ def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dt
         for _ in range(reps + 1):  # the first round warms the kernels up
             t = time.perf_counter()
             for _, wqkv, wo, _, wgu, wd in w.layers:
-                w.linear(x, wqkv)
-                w.linear(x, wo)
-                w.linear(x, wgu)
-                w.linear(down_in, wd)
-            w.linear(x, w.lm_head)
+                wqkv(x)
+                wo(x)
+                wgu(x)
+                wd(down_in)
+            w.lm_head(x)
             best = min(best, time.perf_counter() - t)
     return rows / best
 
@@ -164,9 +168,9 @@ def run_plain(lm, texts, params, samples, batch, threads):
     return {"tokens": tokens, "samples": count, "wall": t.wall, "cpu": t.cpu}
 
 
-def run_fast(lm, texts, params, samples, batch, threads, matmul_dtype="float32"):
+def run_fast(lm, texts, params, samples, batch, threads, matmul_dtype="float32", kernel="auto"):
     FULL_SORTS[0] = 0
-    sampler = FastHFSampler(lm, batch_size=batch, num_threads=threads, matmul_dtype=matmul_dtype)
+    sampler = FastHFSampler(lm, batch_size=batch, num_threads=threads, matmul_dtype=matmul_dtype, matmul_kernel=kernel)
     reqs = [SampleRequest(k, v, tuple(range(samples))) for k, v in texts.items()]
     with Timer() as t:
         out = list(sampler.sample(reqs, params))
@@ -381,13 +385,13 @@ def llamacpp_gguf(lm, quiet: bool = False) -> Path | None:
     return gguf
 
 
-def profile_step(lm, texts, params, batch, threads, t_mean):
+def profile_step(lm, texts, params, batch, threads, t_mean, kernel="auto"):
     """One decode step with `batch` rows of one prompt at generated length ~t_mean: op-level split."""
     from torch.profiler import profile
 
     torch.set_num_threads(threads)
-    s = FastHFSampler(lm, batch_size=batch, num_threads=threads)
-    s._w = _Weights(lm.model)
+    s = FastHFSampler(lm, batch_size=batch, num_threads=threads, matmul_kernel=kernel)
+    s._w = _Weights(lm.model, torch.float32, s.matmul_kernel, batch)
     key, text = next(iter(texts.items()))
     with torch.inference_mode():
         run = _Run(s, [SampleRequest(key, text, tuple(range(batch)))], params)
@@ -413,6 +417,7 @@ def profile_step(lm, texts, params, batch, threads, t_mean):
     kind = {
         "aten::mm": "matmul (linear layers + lm_head)",
         "aten::addmm": "matmul (linear layers + lm_head)",
+        "mkldnn::_linear_pointwise": "matmul (linear layers + lm_head)",
         # one flash call per layer over the shared prompt, one over each row's own keys (prompt copied in or generated)
         "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (flash: shared prompt, and each row's own keys)",
         "aten::index_select": "attention (rows' own keys: gathering the rows that reach a chunk)",
@@ -424,7 +429,7 @@ def profile_step(lm, texts, params, batch, threads, t_mean):
     total = 0.0
     ops = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
-        if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
+        if e.key.startswith(("aten::", "mkldnn::")) and e.self_cpu_time_total > 0:
             groups[kind.get(e.key, "other tensor ops")] += e.self_cpu_time_total
             total += e.self_cpu_time_total
             ops[e.key][0] += e.self_cpu_time_total
@@ -432,7 +437,7 @@ def profile_step(lm, texts, params, batch, threads, t_mean):
     shares = {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
     # each op's time and calls per step, spread over the unprofiled step time by its share of the profiled op time
     top = sorted(ops.items(), key=lambda kv: -kv[1][0])[:12]
-    per_op = [(k, step_ms * t / total, calls / steps) for k, (t, calls) in top]
+    per_op = [(k.split("::", 1)[1], step_ms * t / total, calls / steps) for k, (t, calls) in top]
     return {"step_ms": step_ms, "rows": n, "shares": shares, "ops": per_op,
             "calls_per_step": sum(c for _, c in ops.values()) / steps}
 
@@ -444,6 +449,8 @@ def main() -> None:
     args = parse()
     skip = set(filter(None, args.skip.split(",")))
     threads = [int(x) for x in args.threads.split(",")]
+    kernels = [k for k in args.kernels.split(",") if k != "onednn" or onednn_available()]
+    default_kernel = FastHFSampler.default_kernel()
     print(f"# sampling benchmark {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {machine()}\nload average at start: {load():.2f}")
     lm = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     texts, stop = prompts(args.num_prompts, args.shots, args.prompt, lm.tokenizer)
@@ -459,22 +466,26 @@ def main() -> None:
         gf = ceiling_gflops(th)
         rows.append(("fp32 matmul ceiling", th, {"rate": gf / (2 * lm.num_parameters / 1e9), "note": f"{gf:.0f} GFLOP/s (2048^2)"}))
         for dtype in (torch.float32,) + ((torch.bfloat16,) if "bf16" not in skip else ()):
-            rate = step_matmul_rate(lm, args.batch_size, th, dtype=dtype)
-            rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows, {dtype_name(dtype)})", th,
-                         {"rate": rate, "note": "the best a decode step without attention could do", "dtype": dtype_name(dtype)}))
+            for kernel in kernels:
+                rate = step_matmul_rate(lm, args.batch_size, th, dtype=dtype, kernel=kernel)
+                rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows, {dtype_name(dtype)}, {kernel})",
+                             th, {"rate": rate, "note": "what a decode step without attention could do",
+                                  "dtype": dtype_name(dtype), "kernel": kernel}))
     for th in threads:
         if "plain" not in skip:
             res = run_plain(lm, few, params, args.plain_samples, args.plain_batch, th)
             rows.append((f"plain generate (num_return_sequences={args.plain_batch})", th, res))
             print(f"  plain generate, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
-        if "fast" not in skip:
-            res = run_fast(lm, texts, params, args.samples, args.batch_size, th)
-            rows.append((f"fast hf sampler (batch {args.batch_size})", th, res))
-            print(f"  fast sampler, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
-        if "bf16" not in skip:
-            res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16")
-            rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics)", th, res))
-            print(f"  fast sampler bf16 matmuls, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+        for kernel in kernels:
+            default = " (the default)" if kernel == default_kernel else ""
+            if "fast" not in skip:
+                res = run_fast(lm, texts, params, args.samples, args.batch_size, th, kernel=kernel)
+                rows.append((f"fast hf sampler (batch {args.batch_size}, matmul_kernel {kernel}{default})", th, res))
+                print(f"  fast sampler, {kernel}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+            if "bf16" not in skip:
+                res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16", kernel)
+                rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics), matmul_kernel {kernel}", th, res))
+                print(f"  fast sampler bf16 matmuls, {kernel}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
         gguf = llamacpp_gguf(lm, quiet=th != threads[0]) if {"llamacpp", "llamacpp_batched"} - skip else None
         if gguf is not None and "llamacpp" not in skip:
             res = run_llamacpp(lm, few, params, args.llamacpp_samples, th, gguf)
@@ -496,9 +507,13 @@ def main() -> None:
         contention = run_contention(lm, texts, params, args.contention_samples, args.batch_size, args.contention_seconds)
 
     base = {th: r["tokens"] / r["wall"] for name, th, r in rows if name.startswith("plain") and r.get("tokens")}
-    fast_rate = {th: rate_of(r) for name, th, r in rows if name.startswith("fast hf sampler (") and r.get("tokens")}
+    fast_rate = {th: rate_of(r) for name, th, r in rows if name.startswith("fast hf sampler (") and "default" in name and r.get("tokens")}
     ceil = {th: r["rate"] for name, th, r in rows if name.startswith("fp32")}
-    step_rate = {(th, r["dtype"]): r["rate"] for name, th, r in rows if name.startswith("decode-step matmuls")}
+    # the machine's decode-step matmul rate in a dtype: its fastest kernel's
+    step_rate = defaultdict(float)
+    for name, th, r in rows:
+        if name.startswith("decode-step matmuls"):
+            step_rate[th, r["dtype"]] = max(step_rate[th, r["dtype"]], r["rate"])
     print(f"\nload average at end: {load():.2f}\n")
     print("| method | threads | samples | tokens | wall s | tok/s | samples/s | tok/s per CPU-s | x plain | x fast | % of ceiling |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -548,21 +563,21 @@ def main() -> None:
             full = st["full_row_steps"] / st["full_steps_time"]
             dtype = "bfloat16" if "bfloat16" in name else "float32"
             matmul = step_rate.get((th, dtype))
-            versus = f" = {100 * full / matmul:.0f}% of the decode-step matmul rate in {dtype} ({matmul:.0f})" if matmul else ""
+            versus = f" = {100 * full / matmul:.0f}% of the decode-step matmul rate in {dtype} ({matmul:.0f}, fastest kernel)" if matmul else ""
             print(f"  steady state (steps with the batch >= 90% full, {st['full_row_steps']} tokens): {full:.0f} tok/s "
                   f"= {100 * full / ceil[th]:.0f}% of ceiling{versus}; the rest is prefill and the tail of long samples "
                   f"decoding in a part-empty batch once the queue is empty")
     if "profile" not in skip:
         fast_rows = [r for name, th, r in rows if "stats" in r]
         t_mean = int(fast_rows[0]["mean_len"] / 2) if fast_rows else 60
-        for th in threads[:1]:
-            split = profile_step(lm, texts, params, args.batch_size, th, t_mean)
-            print(f"\none decode step (token choice included), {split['rows']} rows of one prompt, generated length "
+        for th, kernel in [(threads[0], k) for k in kernels]:
+            split = profile_step(lm, texts, params, args.batch_size, th, t_mean, kernel)
+            print(f"\none decode step, matmul_kernel {kernel} (token choice included), {split['rows']} rows of one prompt, generated length "
                   f"~U(0, {2 * t_mean}), {th} thread(s): {split['step_ms']:.1f} ms a step ({split['rows'] / split['step_ms'] * 1e3:.0f} "
                   f"tok/s), {split['calls_per_step']:.0f} aten calls a step")
             for k, v in split["shares"].items():
                 print(f"  {k}: {100 * v:.0f}% ({v * split['step_ms']:.1f} ms)")
-            print("  top ops: " + "; ".join(f"{k[6:]} {ms:.1f} ms / {calls:.0f} calls" for k, ms, calls in split["ops"]))
+            print("  top ops: " + "; ".join(f"{k} {ms:.1f} ms / {calls:.0f} calls" for k, ms, calls in split["ops"]))
 
 
 if __name__ == "__main__":

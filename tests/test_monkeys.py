@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.sampling import fast as fast_module
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").exists(), reason="no local GSM8K copy")
@@ -49,6 +51,8 @@ def test_tiny_model_end_to_end_writes_figures_report_and_resumes(tmp_path):
     assert "per ladder level" in report and "every ladder level" in report
     draws = json.loads((run / "draws.json").read_text())
     assert draws and all(d["sampler"].startswith("hf (matmul_dtype float32") for d in draws.values())  # what drew them
+    kernel = fast_module.resolve_matmul_kernel("auto")
+    assert all(d["sampler"].endswith(f"matmul_kernel {kernel})") for d in draws.values())  # and with which products
     assert "hf (matmul_dtype float32" in report
     prov = json.loads((run / "provenance.json").read_text())
     assert len(prov["data"]["sha256"]) == 64

@@ -180,3 +180,18 @@ def test_stage_times_add_up_on_resume_but_restart_for_another_config(tmp_path):
     assert resumed.timings == {"sampling": 10.0}  # the same config: a resume keeps what it spent
     changed = OmegaConf.create({"paper": "p", "prompt": {"template": "B {question}"}})
     assert start_run(changed, "p", run_dir=tmp_path).timings == {}  # another run under the same name
+
+
+def test_provenance_names_the_commit_and_the_uncommitted_changes_it_ran_with(tmp_path, monkeypatch):
+    """A run started from a changed checkout lists the changed tracked files (not results/, where runs write),
+    so a committed run never claims the commit's code when it ran other code."""
+    from harness.reporting import run as run_module
+
+    status = " M harness/sampling/fast.py\nM  conf/backend/hf.yaml\n M results/monkeys/x/report.md\nR  a.py -> b.py\n"
+    monkeypatch.setattr(run_module, "_git", lambda *args: status if args[0] == "status" else "abc123\n")
+    prov = json.loads((start_run(OmegaConf.create({}), "paper", tmp_path / "run").dir / "provenance.json").read_text())
+    assert prov["git_commit"] == "abc123"
+    assert prov["git_modified"] == ["b.py", "conf/backend/hf.yaml", "harness/sampling/fast.py"]
+    monkeypatch.setattr(run_module, "_git", lambda *args: None)  # not a git checkout
+    prov = json.loads((start_run(OmegaConf.create({}), "paper", tmp_path / "run2").dir / "provenance.json").read_text())
+    assert prov["git_commit"] is None and prov["git_modified"] is None

@@ -628,6 +628,59 @@ def test_bf16_speedup_is_a_positive_ratio_and_cached():
     assert fast_module.bf16_speedup.cache_info().hits == 1
 
 
+# ---- matmul_kernel: oneDNN-packed or BLAS products ------------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not fast_module.onednn_available(), reason="this torch build has no oneDNN linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_and_blas_products_agree_at_every_row_count(dtype):
+    """A weight packed for 8 rows still multiplies 1, 3 or 11 rows right (the tail of a run, greedy evaluation);
+    both kernels round only (float32: ~1e-6 relative; bf16: the inputs' own rounding)."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 40, generator=gen)
+    blas, onednn = (fast_module._Product(weight, dtype, kernel, rows=8) for kernel in ("blas", "onednn"))
+    assert onednn.packed is not None and blas.packed is None
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for rows in (1, 3, 8, 11):
+        x = torch.randn(rows, 40, generator=gen)
+        a, b = blas(x), onednn(x)
+        assert a.dtype == b.dtype == torch.float32 and b.shape == (rows, 24)
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+        torch.testing.assert_close(a, x @ weight.T, rtol=tol, atol=tol * 10)
+
+
+@needs_onednn
+def test_either_kernel_draws_the_same_samples_and_keeps_the_store_key(exact):
+    """On the exact model (logits exact in float32 whatever the kernel) both kernels draw the same samples; the
+    kernel is not in `numerics`, so samples drawn with either are one store entry."""
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=10, seed=5)
+    drawn = {}
+    for kernel in ("blas", "onednn"):
+        s = fast(exact, batch_size=4, matmul_kernel=kernel)
+        assert s.kernels == kernel and s.numerics == {"matmul_dtype": "float32"}
+        drawn[kernel] = by_key(s.sample(requests(range(3)), params))
+    assert drawn["blas"] == drawn["onednn"]
+
+
+def test_auto_kernel_is_onednn_where_torch_has_it_else_blas(tiny, monkeypatch):
+    assert fast(tiny).kernels == ("onednn" if fast_module.onednn_available() else "blas")
+    monkeypatch.setattr(fast_module, "onednn_available", lambda: False)
+    s = fast(tiny, matmul_kernel="auto")
+    assert s.kernels == "blas"
+    assert len(list(s.sample(requests((0,)), SamplingParams(max_new_tokens=3)))) == len(PROMPTS)
+    with pytest.raises(ConfigError, match=r"^backend\.matmul_kernel: 'onednn' but this torch build"):
+        fast(tiny, matmul_kernel="onednn")
+
+
+def test_bad_matmul_kernel_is_one_config_error(tiny):
+    for bad in ("mkl", "oneDNN", ""):
+        with pytest.raises(ConfigError, match=r"^backend\.matmul_kernel: .*auto, onednn, blas") as err:
+            fast(tiny, matmul_kernel=bad)
+        assert "\n" not in str(err.value)
+
+
 # ---- counter-based streams (backend.rng=counter, harness/sampling/counter_rng.py) -------------------------
 
 

@@ -206,7 +206,9 @@ class Experiment:
                               f"not to the policy sampling now ('{self.load(policy).identity}')")
         samples = draw_samples(entry, sampler, prompts, n, params, progress=bool(self.cfg.progress), desc=desc)
         name = getattr(sampler, "name", type(sampler).__name__)
-        numerics = ", ".join(f"{k} {v}" for k, v in getattr(sampler, "numerics", {}).items())
+        # the kernel rounds differently but draws the same samples' distribution: named here, not in the store's key
+        described = {**getattr(sampler, "numerics", {}), "matmul_kernel": getattr(sampler, "kernels", None)}
+        numerics = ", ".join(f"{k} {v}" for k, v in described.items() if v is not None)
         self.run.record_draw(desc, samples, samples.attrs.get("drawn_now", 0), f"{name} ({numerics})" if numerics else name)
         return samples
 

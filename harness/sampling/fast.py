@@ -89,22 +89,78 @@ def supports(model: Any) -> str | None:
     return None
 
 
+MATMUL_KERNELS = ("auto", "onednn", "blas")
+_ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+@lru_cache(maxsize=None)
+def onednn_available() -> bool:
+    """Whether this torch build can multiply by a oneDNN-packed weight (and gets the right product doing so)."""
+    if _ONEDNN_PACK is None or _ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with torch.inference_mode():
+            x, w = torch.randn(3, 8), torch.randn(5, 8)
+            y = _ONEDNN_LINEAR(x, _ONEDNN_PACK(w, 3), None, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w), rtol=1e-4, atol=1e-4))
+    except (RuntimeError, TypeError):
+        return False
+
+
+def resolve_matmul_kernel(value: str) -> str:
+    """`backend.matmul_kernel` as the decode step will use it: `auto` is onednn wherever this torch has it."""
+    if value not in MATMUL_KERNELS:
+        raise ConfigError(f"backend.matmul_kernel: '{value}' is not one of {', '.join(MATMUL_KERNELS)}")
+    if value == "auto":
+        return "onednn" if onednn_available() else "blas"
+    if value == "onednn" and not onednn_available():
+        raise ConfigError("backend.matmul_kernel: 'onednn' but this torch build has no oneDNN linear (use auto or blas)")
+    return value
+
+
+class _Product:
+    """x @ W^T for one weight matrix, in `dtype`, through the chosen kernel; x and the result are float32.
+
+    `onednn` keeps W pre-packed in oneDNN's blocked layout (what torch.compile's CPU freezing pass does for a
+    linear layer; here without compiling anything). At this model's decode shapes it is ~1.4x (layers) to ~2x
+    (lm_head) faster than F.linear's BLAS call in float32, and ~1.1-1.2x in bf16 (bench/README.md, 2026-12-02). Both are
+    float32 arithmetic: their products differ in the last bits only (summation order), as BLAS's do between CPUs.
+    """
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype, kernel: str, rows: int):
+        self.shape = tuple(weight.shape)
+        self.dtype = dtype
+        matrix = weight.detach().to(dtype).contiguous()
+        self.packed = _ONEDNN_PACK(matrix, rows) if kernel == "onednn" else None
+        self.matrix = None if self.packed is not None else matrix
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype != torch.float32:
+            x = x.to(self.dtype)
+        if self.packed is not None:
+            y = _ONEDNN_LINEAR(x.contiguous(), self.packed, None, "none", [], "")
+        else:
+            y = F.linear(x, self.matrix)
+        return y if self.dtype == torch.float32 else y.float()
+
+
 class _Weights:
     """The Llama weights in the layout the decode step wants (q/k/v and gate/up fused into one product each)."""
 
-    def __init__(self, model: Any, matmul_dtype: torch.dtype = torch.float32):
+    def __init__(self, model: Any, matmul_dtype: torch.dtype = torch.float32, kernel: str = "blas", rows: int = 128):
         cfg = model.config
         inner = model.model
         self.matmul_dtype = matmul_dtype
+        self.kernel = kernel
         self.num_heads = cfg.num_attention_heads
         self.num_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = cfg.rms_norm_eps
         # Activations, norms and caches are float32 whatever the model's dtype (a bfloat16 model is
-        # upcast, not decoded in bf16); only the matrix products take `matmul_dtype`. `.to` is a no-op
-        # when the dtype already matches, so a float32 model's weights are shared, not copied.
+        # upcast, not decoded in bf16); only the matrix products take `matmul_dtype`.
         vector = lambda t: t.detach().float()  # noqa: E731
-        matrix = lambda t: t.detach().to(matmul_dtype).contiguous()  # noqa: E731
+        matrix = lambda t: _Product(t, matmul_dtype, kernel, rows)  # noqa: E731
         self.embed = vector(inner.embed_tokens.weight)
         self.lm_head = matrix(model.lm_head.weight)
         self.final_norm = vector(inner.norm.weight)
@@ -126,11 +182,6 @@ class _Weights:
         with torch.no_grad():
             cos, sin = inner.rotary_emb(self.embed[:1], positions)
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
-
-    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.matmul_dtype == torch.float32:
-            return F.linear(x, weight)
-        return F.linear(x.to(self.matmul_dtype), weight).float()
 
 
 def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -186,25 +237,27 @@ def cpu_flags() -> frozenset[str]:
 
 
 @lru_cache(maxsize=None)
-def bf16_speedup(hidden: int, intermediate: int, threads: int, rows: int = 128, reps: int = 5) -> float:
+def bf16_speedup(hidden: int, intermediate: int, threads: int, rows: int = 128, reps: int = 5,
+                 kernel: str = "blas") -> float:
     """fp32 time / bf16 time of one layer's decode-shaped products (fused q/k/v-sized, o, fused gate/up,
-    down; `rows` sequences), bf16 including the casts the decode step does. Best of `reps`, fp32 and bf16
-    interleaved so that a shared machine's load falls on both alike; a fraction of a second, once per process."""
+    down; `rows` sequences) through the decode step's own `_Product` and `kernel`, bf16 including its casts.
+    Best of `reps`, fp32 and bf16 interleaved so that a shared machine's load falls on both alike; a fraction of
+    a second, once per process."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(hidden, 3 * hidden), (hidden, hidden), (hidden, 2 * intermediate), (intermediate, hidden)]
     inputs = [torch.randn(rows, k, generator=gen) for k, _ in shapes]
     weights = [torch.randn(n, k, generator=gen) for k, n in shapes]
-    halves = [w.to(torch.bfloat16) for w in weights]
+    products = {dtype: [_Product(w, dtype, kernel, rows) for w in weights] for dtype in (torch.float32, torch.bfloat16)}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
     try:
         with torch.inference_mode():
             for rep in range(reps + 1):  # the first round warms the kernels up and is not counted
-                for dtype, ws in ((torch.float32, weights), (torch.bfloat16, halves)):
+                for dtype, ps in products.items():
                     start = time.perf_counter()
-                    for x, w in zip(inputs, ws):
-                        F.linear(x, w) if dtype == torch.float32 else F.linear(x.to(dtype), w).float()
+                    for x, product in zip(inputs, ps):
+                        product(x)
                     elapsed = time.perf_counter() - start
                     if rep:
                         best[dtype] = min(best[dtype], elapsed)
@@ -213,7 +266,7 @@ def bf16_speedup(hidden: int, intermediate: int, threads: int, rows: int = 128, 
     return best[torch.float32] / best[torch.bfloat16]
 
 
-def resolve_matmul_dtype(value: str, config: Any) -> str:
+def resolve_matmul_dtype(value: str, config: Any, kernel: str = "blas") -> str:
     """`backend.matmul_dtype` as the decode step will use it: float32 or bfloat16 as given; `auto` is bfloat16
     only on a CPU with native bf16 where bf16 products measure >= AUTO_BF16_MIN_SPEEDUP faster at this model's
     shapes (a bf16 emulated in software, or one the memory bandwidth does not reward, stays float32)."""
@@ -225,7 +278,7 @@ def resolve_matmul_dtype(value: str, config: Any) -> str:
         return "float32"
     hidden = int(config.hidden_size)
     intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
-    fast = bf16_speedup(hidden, intermediate, torch.get_num_threads()) >= AUTO_BF16_MIN_SPEEDUP
+    fast = bf16_speedup(hidden, intermediate, torch.get_num_threads(), kernel=kernel) >= AUTO_BF16_MIN_SPEEDUP
     return "bfloat16" if fast else "float32"
 
 
@@ -240,6 +293,7 @@ class FastHFSampler(Sampler):
         max_batch_tokens: int = 2048,
         matmul_dtype: str = "float32",
         rng: str = "generator",
+        matmul_kernel: str = "auto",
     ):
         self.loaded = loaded_model
         self.rng = rng  # each sample's random stream (harness/sampling/counter_rng.py)
@@ -248,7 +302,10 @@ class FastHFSampler(Sampler):
         # `auto` is settled here, not per run: the store keys samples on `numerics`, which must name what ran
         if self.unsupported and matmul_dtype == "auto":
             matmul_dtype = "float32"  # unused: the fallback multiplies in the model's own dtype
-        self.matmul_dtype = getattr(torch, resolve_matmul_dtype(matmul_dtype, self.model.config))
+        # oneDNN or BLAS products are the same float32 arithmetic up to summation order, like BLAS on two CPUs:
+        # the kernel is named in reports (`kernels`) but is not part of the samples' key (`numerics`)
+        self.matmul_kernel = resolve_matmul_kernel(matmul_kernel)
+        self.matmul_dtype = getattr(torch, resolve_matmul_dtype(matmul_dtype, self.model.config, self.matmul_kernel))
         self.tokenizer = loaded_model.tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(16, int(max_batch_tokens))
@@ -271,13 +328,24 @@ class FastHFSampler(Sampler):
             return self._fallback.numerics
         return {"matmul_dtype": dtype_name(self.matmul_dtype), **rng_numerics(self)}
 
+    @staticmethod
+    def default_kernel() -> str:
+        """The kernel `matmul_kernel: auto` takes on this machine."""
+        return resolve_matmul_kernel("auto")
+
+    @property
+    def kernels(self) -> str | None:
+        """The decode step's products' kernel, for reports (rounding only: not in `numerics`); None when
+        transformers' generate samples instead (a model the decode step does not cover)."""
+        return None if self._fallback is not None else self.matmul_kernel
+
     # --------------------------------------------------------------------------------------------
     def sample(self, requests: Sequence[SampleRequest], params: SamplingParams) -> Iterator[Completion]:
         if self._fallback is not None:
             yield from self._fallback.sample(requests, params)
             return
         if self._w is None:
-            self._w = _Weights(self.model, self.matmul_dtype)
+            self._w = _Weights(self.model, self.matmul_dtype, self.matmul_kernel, self.batch_size)
         threads = torch.get_num_threads()
         self.cores.start()
         try:
@@ -627,7 +695,7 @@ class _Run:
         half = hd // 2
         for li, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(w.layers):
             h = _rms_norm(x, ln1, w.eps)
-            qkv = w.linear(h, wqkv).view(n, nh + 2 * nkv, hd)
+            qkv = wqkv(h).view(n, nh + 2 * nkv, hd)
             qk = qkv[:, : nh + nkv]
             rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rot * sin
@@ -645,12 +713,12 @@ class _Run:
                     _merge(o, lse, sel, *part)
             for g, sel in groups:
                 _merge(o, lse, sel, *_prompt_attention(_take(qg, sel), g.keys[li], g.values[li], scale))
-            x = x + w.linear(o.reshape(n, nh * hd), wo)
+            x = x + wo(o.reshape(n, nh * hd))
             h = _rms_norm(x, ln2, w.eps)
-            gate, up = w.linear(h, wgu).chunk(2, dim=-1)
-            x = x + w.linear(F.silu(gate) * up, wd)
+            gate, up = wgu(h).chunk(2, dim=-1)
+            x = x + wd(F.silu(gate) * up)
         x = _rms_norm(x, w.final_norm, w.eps)
-        return w.linear(x, w.lm_head)
+        return w.lm_head(x)
 
     # ---- token choice ----------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:

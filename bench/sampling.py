@@ -59,7 +59,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--kernels", default="blas,onednn",
                     help="comma-separated backend.matmul_kernel values for the fast sampler's rows, matmul rates and profiles "
                          "(the first is 'before', the others 'after'; onednn is dropped where this torch lacks it)")
-    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,contention")
+    ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,split,contention")
     ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
     ap.add_argument("--contention-seconds", type=float, default=180,
                     help="stop a contention row after this long and rate the samples finished so far")
@@ -103,6 +103,13 @@ def ceiling_gflops(threads: int, size: int = 2048, reps: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def step_products(w: _Weights, x: torch.Tensor, down_in: torch.Tensor) -> None:
+    """A decode step's products alone: q/k/v, o, gate/up and down of every layer, then the lm_head."""
+    for _, wqkv, wo, _, wgu, wd in w.layers:
+        wqkv(x), wo(x), wgu(x), wd(down_in)
+    w.lm_head(x)
+
+
 def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dtype = torch.float32,
                      kernel: str = "blas") -> float:
     """Tokens/s of a decode step's linear layers alone (q/k/v, o, gate/up, down per layer, and lm_head) at
@@ -117,12 +124,7 @@ def step_matmul_rate(lm, rows: int, threads: int, reps: int = 3, dtype: torch.dt
     with torch.inference_mode():
         for _ in range(reps + 1):  # the first round warms the kernels up
             t = time.perf_counter()
-            for _, wqkv, wo, _, wgu, wd in w.layers:
-                wqkv(x)
-                wo(x)
-                wgu(x)
-                wd(down_in)
-            w.lm_head(x)
+            step_products(w, x, down_in)
             best = min(best, time.perf_counter() - t)
     return rows / best
 
@@ -385,22 +387,28 @@ def llamacpp_gguf(lm, quiet: bool = False) -> Path | None:
     return gguf
 
 
-def profile_step(lm, texts, params, batch, threads, t_mean, kernel="auto"):
-    """One decode step with `batch` rows of one prompt at generated length ~t_mean: op-level split."""
-    from torch.profiler import profile
-
+def step_fixture(lm, texts, params, batch, threads, t_mean, kernel="auto"):
+    """A decode loop's state mid-run, for timing single steps: `batch` rows of the first prompt at generated lengths
+    ~U(0, 2 t_mean), every row live. Call inside inference_mode. Returns (the run, its live rows)."""
     torch.set_num_threads(threads)
     s = FastHFSampler(lm, batch_size=batch, num_threads=threads, matmul_kernel=kernel)
     s._w = _Weights(lm.model, torch.float32, s.matmul_kernel, batch)
     key, text = next(iter(texts.items()))
+    run = _Run(s, [SampleRequest(key, text, tuple(range(batch)))], params)
+    run._fill(list(range(batch)))
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, max(1, 2 * t_mean), (batch,), generator=gen).clamp_(max=params.max_new_tokens - 2)
+    run.t[:] = t
+    run.pos[:] = run.pos + t
+    return run, [i for i, r in enumerate(run.rows) if r is not None]
+
+
+def profile_step(lm, texts, params, batch, threads, t_mean, kernel="auto"):
+    """One decode step with `batch` rows of one prompt at generated length ~t_mean: op-level split."""
+    from torch.profiler import profile
+
     with torch.inference_mode():
-        run = _Run(s, [SampleRequest(key, text, tuple(range(batch)))], params)
-        run._fill(list(range(batch)))
-        live = [i for i, r in enumerate(run.rows) if r is not None]
-        gen = torch.Generator().manual_seed(0)
-        t = torch.randint(0, max(1, 2 * t_mean), (batch,), generator=gen).clamp_(max=params.max_new_tokens - 2)
-        run.t[:] = t
-        run.pos[:] = run.pos + t
+        run, live = step_fixture(lm, texts, params, batch, threads, t_mean, kernel)
         n = live[-1] + 1
         run._step(n, live)
         steps = 4
@@ -440,6 +448,35 @@ def profile_step(lm, texts, params, batch, threads, t_mean, kernel="auto"):
     per_op = [(k.split("::", 1)[1], step_ms * t / total, calls / steps) for k, (t, calls) in top]
     return {"step_ms": step_ms, "rows": n, "shares": shares, "ops": per_op,
             "calls_per_step": sum(c for _, c in ops.values()) / steps}
+
+
+def step_split(lm, texts, params, batch, threads, t_mean, kernel="auto", reps=4):
+    """Where a decode step's time goes, without a profiler's overhead: the same step (`batch` rows of one prompt,
+    generated lengths ~U(0, 2 t_mean)) in full, with both attention calls replaced by zeros, and its products alone,
+    interleaved `reps` times so that the host's load falls on all three alike; the best of each, in ms."""
+    from harness.sampling import fast
+
+    zeros = lambda q, *rest: (torch.zeros_like(q), torch.zeros(q.shape[:-1]))  # noqa: E731
+    attention = (fast._masked_attention, fast._prompt_attention)
+    best = {}
+    with torch.inference_mode():
+        run, live = step_fixture(lm, texts, params, batch, threads, t_mean, kernel)
+        w = run.w
+        x, down_in = torch.randn(batch, w.embed.shape[1]), torch.randn(batch, w.layers[0][5].shape[1])
+
+        variants = {"full step": lambda: run._step(batch, live), "attention replaced by zeros": lambda: run._step(batch, live),
+                    "products alone": lambda: step_products(w, x, down_in)}
+        try:
+            for _ in range(reps):
+                for name, fn in variants.items():
+                    fast._masked_attention, fast._prompt_attention = (zeros, zeros) if "zeros" in name else attention
+                    fn()  # warm
+                    start = time.perf_counter()
+                    fn()
+                    best[name] = min(best.get(name, float("inf")), 1e3 * (time.perf_counter() - start))
+        finally:
+            fast._masked_attention, fast._prompt_attention = attention
+    return best
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -578,6 +615,17 @@ def main() -> None:
             for k, v in split["shares"].items():
                 print(f"  {k}: {100 * v:.0f}% ({v * split['step_ms']:.1f} ms)")
             print("  top ops: " + "; ".join(f"{k} {ms:.1f} ms / {calls:.0f} calls" for k, ms, calls in split["ops"]))
+    if "split" not in skip:
+        fast_rows = [r for name, th, r in rows if "stats" in r]
+        t_mean = int(fast_rows[0]["mean_len"] / 2) if fast_rows else 60
+        for kernel in kernels:
+            ms = step_split(lm, texts, params, args.batch_size, threads[0], t_mean, kernel)
+            full, bare, products = ms["full step"], ms["attention replaced by zeros"], ms["products alone"]
+            print(f"\none decode step split by subtraction, matmul_kernel {kernel}, {args.batch_size} rows, generated length "
+                  f"~U(0, {2 * t_mean}), {threads[0]} thread(s), best of 4 interleaved: full {full:.0f} ms, attention "
+                  f"{full - bare:.0f} ms ({100 * (full - bare) / full:.0f}%), products {products:.0f} ms ({100 * products / full:.0f}%), "
+                  f"the rest {bare - products:.0f} ms; the products alone cap the steady state at {100 * products / full:.0f}% "
+                  "of the decode-step matmul rate")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from harness.data.problems import load_split  # noqa: E402
 from harness.models.loading import load_model  # noqa: E402
 from harness.data.prompts import fill, load_prompt, render  # noqa: E402
 from harness.sampling.base import SampleRequest, SamplingParams, dtype_name, sample_seed  # noqa: E402
-from harness.sampling.fast import FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags, onednn_available  # noqa: E402
+from harness.sampling.fast import (  # noqa: E402
+    FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags, onednn_available, resolve_matmul_kernel,
+)
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 
 
@@ -487,7 +489,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     threads = [int(x) for x in args.threads.split(",")]
     kernels = [k for k in args.kernels.split(",") if k != "onednn" or onednn_available()]
-    default_kernel = FastHFSampler.default_kernel()
+    default_kernel = resolve_matmul_kernel("auto")
     print(f"# sampling benchmark {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {machine()}\nload average at start: {load():.2f}")
     lm = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     texts, stop = prompts(args.num_prompts, args.shots, args.prompt, lm.tokenizer)

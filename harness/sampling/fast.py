@@ -153,8 +153,6 @@ class _Weights:
     def __init__(self, model: Any, matmul_dtype: torch.dtype = torch.float32, kernel: str = "blas", rows: int = 128):
         cfg = model.config
         inner = model.model
-        self.matmul_dtype = matmul_dtype
-        self.kernel = kernel
         self.num_heads = cfg.num_attention_heads
         self.num_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -329,11 +327,6 @@ class FastHFSampler(Sampler):
         if self._fallback is not None:
             return self._fallback.numerics
         return {"matmul_dtype": dtype_name(self.matmul_dtype), **rng_numerics(self)}
-
-    @staticmethod
-    def default_kernel() -> str:
-        """The kernel `matmul_kernel: auto` takes on this machine."""
-        return resolve_matmul_kernel("auto")
 
     @property
     def kernels(self) -> str | None:

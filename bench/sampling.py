@@ -33,6 +33,7 @@ from harness.sampling.base import SampleRequest, SamplingParams, dtype_name, sam
 from harness.sampling.fast import (  # noqa: E402
     FULL_SORTS, FastHFSampler, _Run, _Weights, cpu_flags, onednn_available, resolve_matmul_kernel,
 )
+from harness.sampling import fast  # noqa: E402
 from harness.sampling.hf import eos_token_ids, finish_completion  # noqa: E402
 
 
@@ -61,6 +62,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--kernels", default="blas,onednn",
                     help="comma-separated backend.matmul_kernel values for the fast sampler's rows, matmul rates and profiles "
                          "(the first is 'before', the others 'after'; onednn is dropped where this torch lacks it)")
+    ap.add_argument("--attention-blocks", default="",
+                    help="comma-separated rows per attention block (harness.sampling.fast.ATTENTION_BLOCK) for the fast "
+                         "sampler's fp32 rows and step splits, e.g. 128,16: one call over all rows (before) against blocks "
+                         "(after); empty: the sampler's default only")
     ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,split,contention")
     ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
     ap.add_argument("--contention-seconds", type=float, default=180,
@@ -400,8 +405,9 @@ def step_fixture(lm, texts, params, batch, threads, t_mean, kernel="auto"):
     run._fill(list(range(batch)))
     gen = torch.Generator().manual_seed(0)
     t = torch.randint(0, max(1, 2 * t_mean), (batch,), generator=gen).clamp_(max=params.max_new_tokens - 2)
-    run.t[:] = t
-    run.pos[:] = run.pos + t
+    t = t.sort(descending=True).values  # rows in order of age, as the sampler appends them (fast.ATTENTION_BLOCK)
+    run.t[:batch] = t
+    run.pos[:batch] += t
     return run, [i for i, r in enumerate(run.rows) if r is not None]
 
 
@@ -412,15 +418,15 @@ def profile_step(lm, texts, params, batch, threads, t_mean, kernel="auto"):
     with torch.inference_mode():
         run, live = step_fixture(lm, texts, params, batch, threads, t_mean, kernel)
         n = live[-1] + 1
-        run._step(n, live)
+        run._step(live)
         steps = 4
         with profile() as prof:
             for _ in range(steps):
-                logits = run._step(n, live)
+                logits = run._step(live)
                 run._choose(logits, [run.rows[i]["gen"] for i in live])
         start = time.perf_counter()  # the same steps unprofiled: the profiler's own cost is not a step's
         for _ in range(steps):
-            logits = run._step(n, live)
+            logits = run._step(live)
             run._choose(logits, [run.rows[i]["gen"] for i in live])
         step_ms = 1e3 * (time.perf_counter() - start) / steps
     groups = defaultdict(float)
@@ -456,8 +462,6 @@ def step_split(lm, texts, params, batch, threads, t_mean, kernel="auto", reps=4)
     """Where a decode step's time goes, without a profiler's overhead: the same step (`batch` rows of one prompt,
     generated lengths ~U(0, 2 t_mean)) in full, with both attention calls replaced by zeros, and its products alone,
     interleaved `reps` times so that the host's load falls on all three alike; the best of each, in ms."""
-    from harness.sampling import fast
-
     zeros = lambda q, *rest: (torch.zeros_like(q), torch.zeros(q.shape[:-1]))  # noqa: E731
     attention = (fast._masked_attention, fast._prompt_attention)
     best = {}
@@ -466,7 +470,7 @@ def step_split(lm, texts, params, batch, threads, t_mean, kernel="auto", reps=4)
         w = run.w
         x, down_in = torch.randn(batch, w.embed.shape[1]), torch.randn(batch, w.layers[0][5].shape[1])
 
-        variants = {"full step": lambda: run._step(batch, live), "attention replaced by zeros": lambda: run._step(batch, live),
+        variants = {"full step": lambda: run._step(live), "attention replaced by zeros": lambda: run._step(live),
                     "products alone": lambda: step_products(w, x, down_in)}
         try:
             for _ in range(reps):
@@ -490,6 +494,8 @@ def main() -> None:
     threads = [int(x) for x in args.threads.split(",")]
     kernels = [k for k in args.kernels.split(",") if k != "onednn" or onednn_available()]
     default_kernel = resolve_matmul_kernel("auto")
+    default_block = fast.ATTENTION_BLOCK
+    blocks = [int(b) for b in args.attention_blocks.split(",") if b] or [default_block]
     print(f"# sampling benchmark {time.strftime('%Y-%m-%d %H:%M')}\nmachine: {machine()}\nload average at start: {load():.2f}")
     lm = load_model(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     texts, stop = prompts(args.num_prompts, args.shots, args.prompt, lm.tokenizer)
@@ -516,11 +522,15 @@ def main() -> None:
             rows.append((f"plain generate (num_return_sequences={args.plain_batch})", th, res))
             print(f"  plain generate, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
         for kernel in kernels:
-            default = " (the default)" if kernel == default_kernel else ""
-            if "fast" not in skip:
-                res = run_fast(lm, texts, params, args.samples, args.batch_size, th, kernel=kernel)
-                rows.append((f"fast hf sampler (batch {args.batch_size}, matmul_kernel {kernel}{default})", th, res))
-                print(f"  fast sampler, {kernel}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+            for block in blocks:
+                fast.ATTENTION_BLOCK = block
+                default = " (the default)" if kernel == default_kernel and block == default_block else ""
+                named = f", attention block {block}" if len(blocks) > 1 else ""
+                if "fast" not in skip:
+                    res = run_fast(lm, texts, params, args.samples, args.batch_size, th, kernel=kernel)
+                    rows.append((f"fast hf sampler (batch {args.batch_size}, matmul_kernel {kernel}{named}{default})", th, res))
+                    print(f"  fast sampler, {kernel}{named}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
+            fast.ATTENTION_BLOCK = default_block
             if "bf16" not in skip:
                 res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16", kernel)
                 rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics), matmul_kernel {kernel}", th, res))
@@ -588,6 +598,7 @@ def main() -> None:
         print(f"  wall {r['wall']:.1f} s = prefill {st['prefill']:.1f} ({st['prompt_tokens']} prompt tokens) + decode forward "
               f"{st['forward']:.1f} ({st['steps']} steps, mean {st['row_steps'] / max(1, st['steps']):.0f} rows) + sampling "
               f"{st['sampling']:.1f} + stop checks/refill {st['bookkeeping']:.1f} + other Python {r['wall'] - known:.1f}")
+        print(f"  rows moved to the front of the cache {st['compactions']} times ({st['compaction']:.1f} s, within the above)")
         print(f"  decode forward: {flops / max(st['forward'], 1e-9):.0f} GFLOP/s of 2 x params per token "
               f"(ceiling {ceil[th] * 2 * lm.num_parameters / 1e9:.0f})")
         # The ceiling above counts 2 x params per token; attention adds 4 x layers x (heads x head_dim) x context
@@ -620,10 +631,12 @@ def main() -> None:
     if "split" not in skip:
         fast_rows = [r for name, th, r in rows if "stats" in r]
         t_mean = int(fast_rows[0]["mean_len"] / 2) if fast_rows else 60
-        for kernel in kernels:
+        for kernel, block in [(k, b) for k in kernels for b in blocks]:
+            fast.ATTENTION_BLOCK = block
             ms = step_split(lm, texts, params, args.batch_size, threads[0], t_mean, kernel)
+            fast.ATTENTION_BLOCK = default_block
             full, bare, products = ms["full step"], ms["attention replaced by zeros"], ms["products alone"]
-            print(f"\none decode step split by subtraction, matmul_kernel {kernel}, {args.batch_size} rows, generated length "
+            print(f"\none decode step split by subtraction, matmul_kernel {kernel}, attention block {block}, {args.batch_size} rows, generated length "
                   f"~U(0, {2 * t_mean}), {threads[0]} thread(s), best of 4 interleaved: full {full:.0f} ms, attention "
                   f"{full - bare:.0f} ms ({100 * (full - bare) / full:.0f}%), products {products:.0f} ms ({100 * products / full:.0f}%), "
                   f"the rest {bare - products:.0f} ms; the products alone cap the steady state at {100 * products / full:.0f}% "

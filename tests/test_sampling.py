@@ -177,6 +177,7 @@ def test_fast_greedy_equals_plain_generate(tiny, batch_size, inline_max, monkeyp
     monkeypatch.setattr(fast_module, "INLINE_MAX_SAMPLES", inline_max)
     monkeypatch.setattr(fast_module, "GEN_CHUNK", 4)  # exercise the chunked attention merge
     monkeypatch.setattr(fast_module, "INITIAL_CAPACITY", 3)  # and the cache growth
+    monkeypatch.setattr(fast_module, "ATTENTION_BLOCK", 2)  # and attention in blocks of rows
     params = SamplingParams(temperature=0.0, max_new_tokens=24)
     got = by_key(fast(tiny, batch_size).sample(requests((0,)), params))
     for key, prompt in PROMPTS.items():
@@ -184,6 +185,40 @@ def test_fast_greedy_equals_plain_generate(tiny, batch_size, inline_max, monkeyp
         want = finish_completion(tiny.tokenizer, key, 0, tokens, len(tokens), [], params)
         assert got[(key, 0)].text == want.text
         assert got[(key, 0)].num_tokens == want.num_tokens == 24
+
+
+def test_attention_blocks_gaps_and_moved_rows_leave_every_rows_logits(tiny, monkeypatch):
+    """A decode step mid-run: rows at different lengths, finished rows leaving gaps, rows of a prompt no longer
+    adjacent. Attention in blocks of 2 rows gives the one-block step's logits, and so does the step after the
+    live rows are moved to the front."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=0)
+    sampler = fast(tiny, batch_size=6)
+    sampler._w = fast_module._Weights(tiny.model, torch.float32, sampler.matmul_kernel, 6)
+    with torch.inference_mode():
+        run = fast_module._Run(sampler, [SampleRequest(k, p, (0, 1, 2)) for k, p in PROMPTS.items()], params)
+        run._fill(run._free_rows(6))
+        assert run._live() == list(range(6))
+        generated = torch.tensor([30, 12, 25, 3, 17, 0])  # keys already in the rows' caches (random: any values do)
+        assert run.capacity > 30
+        for cache in (*run.kcache, *run.vcache):
+            cache.normal_()
+        run.t[:6], run.pos[:6] = generated, run.pos[:6] + generated
+        run._release(1)
+        run._release(3)
+        live = run._live()
+        steps = {}
+        for block in (1000, 2, 1):
+            monkeypatch.setattr(fast_module, "ATTENTION_BLOCK", block)
+            steps[block] = run._step(live)
+        moved = run._compact(live)
+        assert moved == [0, 1, 2, 3] and run.t[:4].tolist() == [30, 25, 17, 0] and not run.t[4:].any()
+        monkeypatch.setattr(fast_module, "ATTENTION_BLOCK", 2)
+        after = run._step(moved)
+    one = steps[1000]
+    assert one.shape == (4, tiny.model.config.vocab_size)
+    for logits in (steps[2], steps[1], after):
+        assert torch.allclose(logits, one, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(one[0], one[1], atol=1e-2)  # rows really differ (their own keys count)
 
 
 def test_greedy_prompts_are_prefilled_together_with_plain_generates_tokens(tiny):

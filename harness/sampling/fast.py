@@ -8,8 +8,10 @@ What makes it fast, compared with `generate(num_return_sequences=n)`:
   prompts share one batched attention rather than one call each, and are prefilled in batches;
 - a prompt that starts with the previous prompt's tokens (a judge rubric, a few-shot block) prefills only
   what follows them;
-- continuous batching: a sequence that ends (EOS, stop string, max tokens) frees its row at once and
-  the next pending (key, index) takes it, across samples and prompts, so no row pads to max tokens;
+- continuous batching: a sequence that ends (EOS, stop string, max tokens) leaves the batch at once and
+  the next pending (key, index) starts in its place, across samples and prompts, so no row pads to max tokens;
+  new rows are appended after the live ones, so rows stay in order of age, and attention over the rows' own
+  keys runs in blocks of rows of similar length, each reading keys only up to its longest row;
 - the nucleus is found among the top-64 candidates (a full-vocabulary sort only for the rare rows
   where those are not enough), instead of sorting 49k logits per row per step;
 - the products use weights packed once in oneDNN's blocked layout (`matmul_kernel: auto`), ~1.4x the
@@ -57,6 +59,14 @@ from harness.sampling.hf import (
 # rows at ~255 generated keys, 2 threads: 64-slot chunks of matmul/softmax/merge 10-12 ms, one flash call 4-6 ms)
 GEN_CHUNK = 256
 INITIAL_CAPACITY = 128  # generated-key slots allocated per row before the cache grows
+# Rows per attention call over the rows' own keys: a block reads keys only up to its longest row. New rows are appended
+# after the others (never put in a freed row's place), so the rows stay in order of age and a block's rows have
+# similar lengths. One layer, 128 rows at lengths ~U(0, 256), 2 threads, AMD EPYC: one call 6.6 ms, 4 blocks of 32
+# 3.1 ms, 8 blocks of 16 2.7 ms (bench/README.md, 2026-12-02 evening)
+ATTENTION_BLOCK = 16
+# Cache rows beyond batch_size, so that rows can be appended while finished rows leave gaps; when the end is reached the
+# live rows are moved to the front (in order). More spare rows: fewer of those moves, more memory.
+SPARE_ROWS_FRACTION = 0.25
 # A prompt with at most this many samples is copied into its rows' own caches instead of being shared:
 # shared-prompt attention costs one kernel call per prompt per layer per step, which dominates when
 # many prompts have one sample each (greedy evaluation: ~15 s a step with 128 prompts, measured).
@@ -218,6 +228,8 @@ class Stats:
     prompt_tokens: int = 0
     reused_prompt_tokens: int = 0  # of which taken from the previous prompt's cache (MIN_REUSED_PREFIX)
     batched_prompts: int = 0  # prompts prefilled together with others (PREFILL_BATCH)
+    compactions: int = 0  # times the live rows were moved to the front of the cache (SPARE_ROWS_FRACTION) ...
+    compaction: float = 0.0  # ... and the seconds it took (within bookkeeping and the loop's other time)
     generated_tokens: int = 0
 
     def as_dict(self) -> dict:
@@ -369,13 +381,15 @@ class _Run:
         # generated keys/values per row; grown on demand (zeros: masked slots must hold finite values)
         self.capacity = min(self.T, INITIAL_CAPACITY)
         self.max_slots = self.T  # grows by the longest prompt copied into a row (inline groups)
-        self.kcache = [torch.zeros(self.B, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
-        self.vcache = [torch.zeros(self.B, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
+        # cache rows: at most B live at once, appended in order of admission (ATTENTION_BLOCK) into the spare ones
+        self.S = self.B + max(1, int(self.B * SPARE_ROWS_FRACTION))
+        self.kcache = [torch.zeros(self.S, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
+        self.vcache = [torch.zeros(self.S, w.num_kv, self.capacity, w.head_dim) for _ in w.layers]
         self.groups: deque[_Group] = deque()  # groups with samples left to start, in request order
-        self.rows: list[dict | None] = [None] * self.B
-        self.tok = torch.zeros(self.B, dtype=torch.long)
-        self.t = torch.zeros(self.B, dtype=torch.long)  # slot of the current token in the row's cache
-        self.pos = torch.zeros(self.B, dtype=torch.long)
+        self.rows: list[dict | None] = [None] * self.S
+        self.tok = torch.zeros(self.S, dtype=torch.long)
+        self.t = torch.zeros(self.S, dtype=torch.long)  # slot of the current token in the row's cache
+        self.pos = torch.zeros(self.S, dtype=torch.long)
         self.scratch: dict = {}
 
     # ---- admission -----------------------------------------------------------------------------
@@ -577,23 +591,20 @@ class _Run:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> Iterator[Completion]:
         while True:
-            live = [i for i, r in enumerate(self.rows) if r is not None]
+            live = self._live()
             if not live:
                 if not self._has_pending():
                     return
-                for c in self._fill(list(range(self.B))):
+                for c in self._fill(self._free_rows(self.B)):
                     yield from self._emit(c)
                 continue
             self.s.cores.tick()
-            n = live[-1] + 1  # rows beyond the last live one are not computed
-            if len(live) < n * 3 // 4 and not self._has_pending():
-                self._compact(live)
-                live = list(range(len(live)))
-                n = len(live)
+            if len(live) < (live[-1] + 1) * 3 // 4 and not self._has_pending():
+                live = self._compact(live)  # the tail: gaps between live rows still cost their blocks' attention
             t0 = time.perf_counter()
-            logits = self._step(n, live)
+            logits = self._step(live)
             t1 = time.perf_counter()
-            tokens = self._choose(logits[live] if len(live) != n else logits, [self.rows[i]["gen"] for i in live])
+            tokens = self._choose(logits, [self.rows[i]["gen"] for i in live])
             t2 = time.perf_counter()
             st = self.stats
             st.forward += t1 - t0
@@ -605,10 +616,23 @@ class _Run:
                 st.full_row_steps += len(live)
             nested = st.prefill + st.sampling  # _fill may prefill a new prompt and draw first tokens
             freed, finished = self._advance(live, tokens.tolist())
-            finished += self._fill(freed)
+            if freed and self._has_pending():
+                finished += self._fill(self._free_rows(len(freed)))
             st.bookkeeping += time.perf_counter() - t2 - (st.prefill + st.sampling - nested)
             for c in finished:
                 yield from self._emit(c)
+
+    def _live(self) -> list[int]:
+        return [i for i, r in enumerate(self.rows) if r is not None]
+
+    def _free_rows(self, k: int) -> list[int]:
+        """k cache rows for new samples, after every live row, so that rows stay in order of age (ATTENTION_BLOCK);
+        the live rows move to the front first when the spare rows run out."""
+        live = self._live()
+        end = live[-1] + 1 if live else 0
+        if end + k > self.S:
+            end = len(self._compact(live))
+        return list(range(end, end + k))
 
     def _has_pending(self) -> bool:
         return bool(self.queue) or any(g.pending for g in self.groups)
@@ -640,40 +664,68 @@ class _Run:
                 caches[i] = new
         self.capacity = cap
 
-    def _compact(self, live: list[int]) -> None:
-        """Move live rows to the front so the tail of a run does not compute dead rows."""
-        src = torch.tensor(live)
-        dst = torch.arange(len(live))
-        for cache in (*self.kcache, *self.vcache):
-            cache[dst] = cache[src]
-        rows = [self.rows[i] for i in live]
-        self.rows = rows + [None] * (self.B - len(rows))
-        for state in (self.tok, self.t, self.pos):
-            state[dst] = state[src].clone()
+    def _compact(self, live: list[int]) -> list[int]:
+        """Move the live rows to the front, keeping their order (of age); returns their new rows, 0..len(live)-1."""
+        t0 = time.perf_counter()
+        moves = [(src, dst) for dst, src in enumerate(live) if src != dst]
+        if moves:
+            src = torch.tensor([a for a, _ in moves])
+            dst = torch.tensor([b for _, b in moves])
+            width = min(self.capacity, int(self.t.index_select(0, src).max()) + 1)  # no row has keys past its t
+            for cache in (*self.kcache, *self.vcache):
+                cache[dst, :, :width] = cache[src, :, :width]
+            for state in (self.tok, self.t, self.pos):
+                state[dst] = state[src].clone()
+        self.rows = [self.rows[i] for i in live] + [None] * (self.S - len(live))
+        self.t[len(live) :] = 0  # a dead row must not widen its block's attention window
+        self.stats.compactions += 1
+        self.stats.compaction += time.perf_counter() - t0
+        return list(range(len(live)))
 
-    # ---- one decode step over rows [0, n) --------------------------------------------------------
-    def _step(self, n: int, live: list[int]) -> torch.Tensor:
+    # ---- one decode step ---------------------------------------------------------------------------
+    def _attention_blocks(self, n: int, alive: torch.Tensor) -> list[tuple[int, int, list]]:
+        """The rows [0, n) in blocks of ATTENTION_BLOCK, each with its chunks of generated keys: (first row, end row,
+        [(rows of the block reaching the chunk, first key slot, end slot, mask hiding each row's slots past its
+        length)]). A block reads keys only up to its longest row; a block with no live row is left out."""
+        blocks = []
+        for r0 in range(0, n, ATTENTION_BLOCK):
+            r1 = min(n, r0 + ATTENTION_BLOCK)
+            if not bool(alive[r0:r1].any()):
+                continue
+            t = self.t[r0:r1]
+            T = int(t.max()) + 1
+            # generated keys in chunks of GEN_CHUNK slots; a chunk only involves the rows that reach it
+            chunks = []
+            for c0 in range(0, T, GEN_CHUNK):
+                c1 = min(T, c0 + GEN_CHUNK)
+                reach = (t >= c0).nonzero().squeeze(1)
+                sel = slice(0, r1 - r0) if c0 == 0 or reach.numel() == r1 - r0 else reach
+                tc = t if isinstance(sel, slice) else t[reach]
+                mask = torch.zeros(tc.numel(), c1 - c0).masked_fill_(torch.arange(c0, c1)[None, :] > tc[:, None], float("-inf"))
+                chunks.append((sel, c0, c1, mask.view(tc.numel(), 1, 1, c1 - c0)))
+            blocks.append((r0, r1, chunks))
+        return blocks
+
+    def _step(self, live: list[int]) -> torch.Tensor:
+        """One decode step of the live rows (cache rows, ascending): their next-token logits, in that order.
+        Products and norms run on the live rows only; attention runs on blocks of cache rows, where a finished
+        row's gap costs little (its query is zero and its window one key)."""
         w = self.w
         nh, nkv, hd = w.num_heads, w.num_kv, w.head_dim
         rep = nh // nkv
         scale = hd**-0.5
-        t = self.t[:n]
-        T = int(t.max()) + 1
-        if T > self.capacity:
-            self._grow(T)
-        rows = torch.arange(n)
-        cos = w.cos[self.pos[:n]].unsqueeze(1)  # [n, 1, hd]
-        sin = w.sin[self.pos[:n]].unsqueeze(1)
-        # generated keys in chunks of GEN_CHUNK slots; a chunk only involves the rows that reach it,
-        # so attention reads what each row has generated, not the longest row's length for every row
-        chunks = []
-        for c0 in range(0, T, GEN_CHUNK):
-            c1 = min(T, c0 + GEN_CHUNK)
-            reach = (t >= c0).nonzero().squeeze(1)
-            sel = slice(0, n) if c0 == 0 or reach.numel() == n else reach
-            tc = t if isinstance(sel, slice) else t[reach]
-            mask = torch.zeros(tc.numel(), c1 - c0).masked_fill_(torch.arange(c0, c1)[None, :] > tc[:, None], float("-inf"))
-            chunks.append((sel, c0, c1, mask.view(tc.numel(), 1, 1, c1 - c0)))
+        m, n = len(live), live[-1] + 1
+        dense = m == n  # no gaps: cache rows [0, n) are the live rows
+        index = torch.arange(n) if dense else torch.tensor(live)
+        t = self.t.index_select(0, index)
+        if int(t.max()) + 1 > self.capacity:
+            self._grow(int(t.max()) + 1)
+        pos = self.pos.index_select(0, index)
+        cos = w.cos[pos].unsqueeze(1)  # [m, 1, hd]
+        sin = w.sin[pos].unsqueeze(1)
+        alive = torch.zeros(n, dtype=torch.bool)
+        alive[index] = True
+        blocks = self._attention_blocks(n, alive)
         # the rows of each prompt: their queries meet the prompt's keys in one fused attention call
         by_group: dict[int, tuple[_Group, list[int]]] = {}
         for slot in live:
@@ -686,34 +738,48 @@ class _Run:
             contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             groups.append((g, slice(slots[0], slots[-1] + 1) if contiguous else torch.tensor(slots)))
 
-        x = w.embed[self.tok[:n]]
+        x = w.embed[self.tok.index_select(0, index)]
         half = hd // 2
         for li, (ln1, wqkv, wo, ln2, wgu, wd) in enumerate(w.layers):
             h = _rms_norm(x, ln1, w.eps)
-            qkv = wqkv(h).view(n, nh + 2 * nkv, hd)
+            qkv = wqkv(h).view(m, nh + 2 * nkv, hd)
             qk = qkv[:, : nh + nkv]
             rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rot * sin
             kc, vc = self.kcache[li], self.vcache[li]
-            kc[rows, :, t] = qk[:, nh:]
-            vc[rows, :, t] = qkv[:, nh + nkv :]
-            qg = qk[:, :nh].reshape(n, nkv, rep, hd)
-            o = lse = None
-            for sel, c0, c1, mask in chunks:
-                # each row against its own generated keys (masked past its length)
-                part = _masked_attention(_take(qg, sel), _take(kc[:, :, c0:c1], sel), _take(vc[:, :, c0:c1], sel), mask, scale)
-                if o is None:
-                    o, lse = part
-                else:
-                    _merge(o, lse, sel, *part)
+            kc[index, :, t] = qk[:, nh:]
+            vc[index, :, t] = qkv[:, nh + nkv :]
+            q = qk[:, :nh].reshape(m, nkv, rep, hd)
+            q = q if dense else torch.zeros(n, nkv, rep, hd).index_copy_(0, index, q)  # by cache row
+            if len(blocks) == 1 and blocks[0][:2] == (0, n):
+                o, lse = self._block_attention(q, kc, vc, *blocks[0], scale)
+            else:
+                o, lse = torch.empty(n, nkv, rep, hd), torch.empty(n, nkv, rep)  # rows of empty blocks: never read
+                for r0, r1, chunks in blocks:
+                    o[r0:r1], lse[r0:r1] = self._block_attention(q, kc, vc, r0, r1, chunks, scale)
             for g, sel in groups:
-                _merge(o, lse, sel, *_prompt_attention(_take(qg, sel), g.keys[li], g.values[li], scale))
-            x = x + wo(o.reshape(n, nh * hd))
+                _merge(o, lse, sel, *_prompt_attention(_take(q, sel), g.keys[li], g.values[li], scale))
+            o = o if dense else o.index_select(0, index)
+            x = x + wo(o.reshape(m, nh * hd))
             h = _rms_norm(x, ln2, w.eps)
             gate, up = wgu(h).chunk(2, dim=-1)
             x = x + wd(F.silu(gate) * up)
         x = _rms_norm(x, w.final_norm, w.eps)
         return w.lm_head(x)
+
+    @staticmethod
+    def _block_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, r0: int, r1: int, chunks: list,
+                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [r0, r1) against their own keys, chunk by chunk: (output, log-sum-exp)."""
+        q, kc, vc = q[r0:r1], kc[r0:r1], vc[r0:r1]
+        o = lse = None
+        for sel, c0, c1, mask in chunks:
+            part = _masked_attention(_take(q, sel), _take(kc[:, :, c0:c1], sel), _take(vc[:, :, c0:c1], sel), mask, scale)
+            if o is None:
+                o, lse = part
+            else:
+                _merge(o, lse, sel, *part)
+        return o, lse
 
     # ---- token choice ----------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:

@@ -66,6 +66,10 @@ def parse() -> argparse.Namespace:
                     help="comma-separated rows per attention block (harness.sampling.fast.ATTENTION_BLOCK) for the fast "
                          "sampler's fp32 rows and step splits, e.g. 128,16: one call over all rows (before) against blocks "
                          "(after); empty: the sampler's default only")
+    ap.add_argument("--paired-blocks", default="",
+                    help="comma-separated rows per attention block to compare paired: one fp32 run of the fast sampler that "
+                         "switches the block size every decode step, so that every setting meets the same batch and the same "
+                         "host load (two separate runs differ by more than the blocks do); empty: not run")
     ap.add_argument("--skip", default="", help="comma-separated: plain,fast,bf16,llamacpp,llamacpp_batched,profile,split,contention")
     ap.add_argument("--contention-samples", type=int, default=8, help="samples per prompt for the contention rows")
     ap.add_argument("--contention-seconds", type=float, default=180,
@@ -189,6 +193,34 @@ def run_fast(lm, texts, params, samples, batch, threads, matmul_dtype="float32",
     res["reasons"] = {r: sum(c.finish_reason == r for c in out) for r in ("stop", "eos", "length")}
     res["full_sorts"] = FULL_SORTS[0]
     return res
+
+
+def run_paired_blocks(lm, texts, params, samples, batch, threads, blocks: list[int]) -> dict[int, dict]:
+    """One run of the fast sampler whose attention block (fast.ATTENTION_BLOCK) changes every decode step,
+    cycling through `blocks`: each setting is timed on steps that interleave with the others', so a slow spell of
+    the host or a part-empty tail falls on all of them alike. Rate = live rows decoded per second of steps."""
+    default = fast.ATTENTION_BLOCK
+    step = _Run._step
+    spent = {b: {"rows": 0, "seconds": 0.0, "steps": 0} for b in blocks}
+    calls = [0]
+
+    def paired_step(run, live):
+        block = blocks[calls[0] % len(blocks)]
+        calls[0] += 1
+        fast.ATTENTION_BLOCK = block
+        start = time.perf_counter()
+        logits = step(run, live)
+        spent[block]["seconds"] += time.perf_counter() - start
+        spent[block]["rows"] += len(live)
+        spent[block]["steps"] += 1
+        return logits
+
+    _Run._step = paired_step
+    try:
+        run_fast(lm, texts, params, samples, batch, threads)
+    finally:
+        _Run._step, fast.ATTENTION_BLOCK = step, default
+    return spent
 
 
 def run_contention(lm, texts, params, samples, batch, seconds) -> list[tuple[str, dict]]:
@@ -550,6 +582,16 @@ def main() -> None:
             print(f"  llama.cpp batched, {th} thread(s), {parallel} parallel: {rate_of(res):.1f} tok/s, mean {res['mean_len']:.0f} "
                   f"tokens, finish {res['reasons']}; llama_decode {res['forward']:.1f} s of {res['wall']:.1f} s "
                   f"(the rest: prefills, llama.cpp's per-sequence sampler chains over the full vocabulary, Python)", flush=True)
+
+    if args.paired_blocks:
+        paired = [int(b) for b in args.paired_blocks.split(",")]
+        spent = run_paired_blocks(lm, texts, params, args.samples, args.batch_size, threads[0], paired)
+        first = spent[paired[0]]["rows"] / spent[paired[0]]["seconds"]
+        print(f"\nattention blocks paired in one fp32 run (the block changes every decode step), {threads[0]} thread(s):")
+        for block, took in spent.items():
+            rate = took["rows"] / took["seconds"]
+            print(f"  block {block}: {took['steps']} steps, {took['rows']} row-steps, {rate:.1f} row-steps/s "
+                  f"({100 * (rate / first - 1):+.1f}% against block {paired[0]})")
 
     contention = []
     if "contention" not in skip:

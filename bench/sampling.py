@@ -543,7 +543,7 @@ def main() -> None:
         gf = ceiling_gflops(th)
         rows.append(("fp32 matmul ceiling", th, {"rate": gf / (2 * lm.num_parameters / 1e9), "note": f"{gf:.0f} GFLOP/s (2048^2)"}))
         for dtype in (torch.float32,) + ((torch.bfloat16,) if "bf16" not in skip else ()):
-            for kernel in kernels:
+            for kernel in [k for k in kernels if k != "onednn" or onednn_available(dtype)]:  # AVX2: no bf16 packing
                 rate = step_matmul_rate(lm, args.batch_size, th, dtype=dtype, kernel=kernel)
                 rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows, {dtype_name(dtype)}, {kernel})",
                              th, {"rate": rate, "note": "what a decode step without attention could do",
@@ -563,7 +563,7 @@ def main() -> None:
                     rows.append((f"fast hf sampler (batch {args.batch_size}, matmul_kernel {kernel}{named}{default})", th, res))
                     print(f"  fast sampler, {kernel}{named}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
             fast.ATTENTION_BLOCK = default_block
-            if "bf16" not in skip:
+            if "bf16" not in skip and (kernel != "onednn" or onednn_available(torch.bfloat16)):
                 res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16", kernel)
                 rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics), matmul_kernel {kernel}", th, res))
                 print(f"  fast sampler bf16 matmuls, {kernel}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)

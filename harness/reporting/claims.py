@@ -2,7 +2,7 @@
 
 claims.json (written beside report.md):
 
-    {"paper": "monkeys", "run": "smollm2_135m-gsm8k-chat_boxed-n64", "model": "smollm2_135m", "dataset": "gsm8k",
+    {"paper": "monkeys", "run": "smollm2_135m-gsm8k-chat_boxed-n16", "model": "smollm2_135m", "dataset": "gsm8k",
      "claims": [{"claim": "...", "verdict": "holds" | "fails" | "inconclusive", "evidence": "...",
                  "n": 127 | null, "ours": "12.3% [9.1, 15.8] (n=127)" | null,
                  "published": "95.7% (Llama-3-8B-Instruct, k=10000; blog)" | null}, ...]}

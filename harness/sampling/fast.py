@@ -107,27 +107,32 @@ _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
 @lru_cache(maxsize=None)
-def onednn_available() -> bool:
-    """Whether this torch build can multiply by a oneDNN-packed weight (and gets the right product doing so)."""
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch build, on this CPU, can multiply by a oneDNN-packed weight in `dtype` (and gets the
+    right product doing so). bf16 packing needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT: an AVX2-only CPU has oneDNN
+    for float32 but not for bfloat16."""
     if _ONEDNN_PACK is None or _ONEDNN_LINEAR is None or not torch.backends.mkldnn.is_available():
         return False
     try:
         with torch.inference_mode():
-            x, w = torch.randn(3, 8), torch.randn(5, 8)
+            x, w = torch.randn(3, 8).to(dtype), torch.randn(5, 8).to(dtype)
             y = _ONEDNN_LINEAR(x, _ONEDNN_PACK(w, 3), None, "none", [], "")
-        return bool(torch.allclose(y, F.linear(x, w), rtol=1e-4, atol=1e-4))
+        tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+        return bool(torch.allclose(y.float(), F.linear(x.float(), w.float()), rtol=tolerance, atol=tolerance))
     except (RuntimeError, TypeError):
         return False
 
 
-def resolve_matmul_kernel(value: str) -> str:
-    """`backend.matmul_kernel` as the decode step will use it: `auto` is onednn wherever this torch has it."""
+def resolve_matmul_kernel(value: str, dtype: torch.dtype = torch.float32) -> str:
+    """`backend.matmul_kernel` as the decode step will use it for products in `dtype`: `auto` is onednn wherever
+    this torch and CPU can pack `dtype` weights for it, else blas."""
     if value not in MATMUL_KERNELS:
         raise ConfigError(f"backend.matmul_kernel: '{value}' is not one of {', '.join(MATMUL_KERNELS)}")
     if value == "auto":
-        return "onednn" if onednn_available() else "blas"
-    if value == "onednn" and not onednn_available():
-        raise ConfigError("backend.matmul_kernel: 'onednn' but this torch build has no oneDNN linear (use auto or blas)")
+        return "onednn" if onednn_available(dtype) else "blas"
+    if value == "onednn" and not onednn_available(dtype):
+        raise ConfigError(f"backend.matmul_kernel: 'onednn' but this torch build or CPU has no oneDNN linear for "
+                          f"{dtype_name(dtype)} products (use auto or blas)")
     return value
 
 
@@ -316,8 +321,10 @@ class FastHFSampler(Sampler):
             matmul_dtype = "float32"  # unused: the fallback multiplies in the model's own dtype
         # oneDNN or BLAS products are the same float32 arithmetic up to summation order, like BLAS on two CPUs:
         # the kernel is named in reports (`kernels`) but is not part of the samples' key (`numerics`)
-        self.matmul_kernel = resolve_matmul_kernel(matmul_kernel)
-        self.matmul_dtype = getattr(torch, resolve_matmul_dtype(matmul_dtype, self.model.config, self.matmul_kernel))
+        # `auto` bf16 is measured only on CPUs with native bf16, where oneDNN packs bf16 too: the float32 kernel
+        # serves the measurement, and the kernel is then settled for the dtype that won
+        self.matmul_dtype = getattr(torch, resolve_matmul_dtype(matmul_dtype, self.model.config, resolve_matmul_kernel(matmul_kernel)))
+        self.matmul_kernel = resolve_matmul_kernel(matmul_kernel, self.matmul_dtype)
         self.tokenizer = loaded_model.tokenizer
         self.batch_size = max(1, int(batch_size))
         self.max_batch_tokens = max(16, int(max_batch_tokens))

@@ -12,6 +12,7 @@ this one process on the same prompts and the ratios are what to compare; the CPU
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
@@ -202,12 +203,10 @@ def run_paired_blocks(lm, texts, params, samples, batch, threads, blocks: list[i
     default = fast.ATTENTION_BLOCK
     step = _Run._step
     spent = {b: {"rows": 0, "seconds": 0.0, "steps": 0} for b in blocks}
-    calls = [0]
+    order = itertools.cycle(blocks)
 
     def paired_step(run, live):
-        block = blocks[calls[0] % len(blocks)]
-        calls[0] += 1
-        fast.ATTENTION_BLOCK = block
+        block = fast.ATTENTION_BLOCK = next(order)
         start = time.perf_counter()
         logits = step(run, live)
         spent[block]["seconds"] += time.perf_counter() - start
@@ -524,7 +523,12 @@ def main() -> None:
     args = parse()
     skip = set(filter(None, args.skip.split(",")))
     threads = [int(x) for x in args.threads.split(",")]
-    kernels = [k for k in args.kernels.split(",") if k != "onednn" or onednn_available()]
+    requested = args.kernels.split(",")
+
+    def runnable(dtype: torch.dtype) -> list[str]:  # oneDNN only where it packs `dtype` (AVX2: float32, not bf16)
+        return [k for k in requested if k != "onednn" or onednn_available(dtype)]
+
+    kernels = runnable(torch.float32)
     default_kernel = resolve_matmul_kernel("auto")
     default_block = fast.ATTENTION_BLOCK
     blocks = [int(b) for b in args.attention_blocks.split(",") if b] or [default_block]
@@ -543,7 +547,7 @@ def main() -> None:
         gf = ceiling_gflops(th)
         rows.append(("fp32 matmul ceiling", th, {"rate": gf / (2 * lm.num_parameters / 1e9), "note": f"{gf:.0f} GFLOP/s (2048^2)"}))
         for dtype in (torch.float32,) + ((torch.bfloat16,) if "bf16" not in skip else ()):
-            for kernel in [k for k in kernels if k != "onednn" or onednn_available(dtype)]:  # AVX2: no bf16 packing
+            for kernel in runnable(dtype):
                 rate = step_matmul_rate(lm, args.batch_size, th, dtype=dtype, kernel=kernel)
                 rows.append((f"decode-step matmuls alone (the model's shapes, {args.batch_size} rows, {dtype_name(dtype)}, {kernel})",
                              th, {"rate": rate, "note": "what a decode step without attention could do",
@@ -563,7 +567,7 @@ def main() -> None:
                     rows.append((f"fast hf sampler (batch {args.batch_size}, matmul_kernel {kernel}{named}{default})", th, res))
                     print(f"  fast sampler, {kernel}{named}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
             fast.ATTENTION_BLOCK = default_block
-            if "bf16" not in skip and (kernel != "onednn" or onednn_available(torch.bfloat16)):
+            if "bf16" not in skip and kernel in runnable(torch.bfloat16):
                 res = run_fast(lm, texts, params, args.samples, args.batch_size, th, "bfloat16", kernel)
                 rows.append((f"fast hf sampler, matmul_dtype=bfloat16 (opt-in; not fp32 numerics), matmul_kernel {kernel}", th, res))
                 print(f"  fast sampler bf16 matmuls, {kernel}, {th} thread(s): {res['tokens'] / res['wall']:.1f} tok/s", flush=True)
